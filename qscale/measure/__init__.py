@@ -1,0 +1,1 @@
+"""qscale.measure."""
