@@ -1,0 +1,274 @@
+"""Triton kernels for bulk fake quantization, bit-identical to the torch reference.
+
+Entry points (the ``"triton"`` backend of :func:`qscale.kernels.fake_quant`):
+
+* :func:`fake_quant_triton` ``(fmt, x) -> y``: same shape and dtype (fp32/fp16/bf16), scales along the
+  last axis exactly as ``fmt.fake_quant`` with the torch backend.
+* :func:`fake_quant_triton_with_sqnr` ``(fmt, x) -> (y, signal, noise)``: the same ``y`` plus
+  ``sum(x**2)`` and ``sum((x - y)**2)`` over finite ``x``.  Each program sums its tile in fp32, the
+  host adds the partials in fp64.  The elements ``y`` are bit-identical to the reference, so the
+  sums differ from the reference's fp64 sums only by reduction order and fp32 partials: relative
+  difference below ``n_tile * 2**-24`` (tile <= 8192 elements -> < 5e-4, typically ~1e-7).
+* :func:`act_quant_triton` ``(fmt, x) -> y``: per-token dynamic activation quantization (W8A8-style):
+  one scale per row of the last axis for per-tensor and per-channel formats (group and block
+  formats keep their groups), computed and applied in one kernel.
+
+Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` must be set before
+``triton`` is first imported) on CPU tensors; that is how the tests check them bit for bit.
+
+How a format becomes a kernel launch: :func:`plan_for` turns the format dataclass into a
+:class:`KernelPlan` (element kind, scale rule, constants, grids), and :func:`run_plan` launches it on
+a contiguous ``(rows, n_cols)`` view, one program per (row tile, scale span).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any
+
+import torch
+
+ELEM_INT, ELEM_FP, ELEM_LUT = 0, 1, 2
+SCALE_ABSMAX, SCALE_MINMAX, SCALE_E8M0, SCALE_NONE = 0, 1, 2, 3
+_ELEM_NAMES = {"int": ELEM_INT, "fp": ELEM_FP, "lut": ELEM_LUT}
+_SCALE_NAMES = {"absmax": SCALE_ABSMAX, "minmax": SCALE_MINMAX, "e8m0": SCALE_E8M0, "none": SCALE_NONE}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class TritonUnavailable(RuntimeError):
+    """Triton cannot run here (not installed, or a CPU tensor without TRITON_INTERPRET=1)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelPlan:
+    """Everything a kernel launch needs to know about a format, as plain numbers.
+
+    elem: "int" | "fp" | "lut";  scale: "absmax" | "minmax" | "e8m0" | "none".
+    granularity: "tensor" | "channel" | "group";  group: the group / block size for "group".
+    qmin, qmax: the integer grid (int);  mbits, emin, max_normal: the minifloat element (fp);
+    lut: the sorted grid (lut, in units of the scale, within [-1, 1]).
+    divisor: absmax scales are ``absmax / divisor`` (qmax for int, max_normal for fp, max|grid| for lut).
+    emax_elem: E8M0 scales are ``2**(floor(log2(absmax)) - emax_elem)``.
+    clip: MSE clipping ratios tried in order (first best wins), () for none.
+
+    E.g. int4 symmetric per group of 128: elem="int", scale="absmax", granularity="group", group=128,
+    qmin=-8, qmax=7, divisor=7.0.  MXFP4: elem="fp", scale="e8m0", group=32, mbits=1, emin=0,
+    max_normal=6.0, emax_elem=2.
+    """
+
+    elem: str
+    scale: str
+    granularity: str
+    group: int = 0
+    qmin: int = 0
+    qmax: int = 0
+    mbits: int = 0
+    emin: int = 0
+    max_normal: float = 0.0
+    lut: tuple[float, ...] = ()
+    divisor: float = 1.0
+    emax_elem: int = 0
+    clip: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.elem not in _ELEM_NAMES:
+            raise ValueError(f"unknown element kind {self.elem!r}; valid: {sorted(_ELEM_NAMES)}")
+        if self.scale not in _SCALE_NAMES:
+            raise ValueError(f"unknown scale rule {self.scale!r}; valid: {sorted(_SCALE_NAMES)}")
+        if self.granularity not in ("tensor", "channel", "group"):
+            raise ValueError(f"unknown granularity {self.granularity!r}; valid: tensor, channel, group")
+        if self.granularity == "group" and self.group <= 0:
+            raise ValueError(f"group granularity needs a positive group size, got {self.group}")
+        if self.elem == "lut" and (len(self.lut) < 2 or list(self.lut) != sorted(self.lut)):
+            raise ValueError("a LUT plan needs a sorted grid of at least two points")
+
+    def span(self, n_cols: int) -> int:
+        """Columns sharing one scale in a row of n_cols (n_cols for per-channel and per-tensor)."""
+        return min(self.group, n_cols) if self.granularity == "group" else n_cols
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _jit() -> Any:
+    try:
+        from qscale.kernels import triton_jit
+    except ImportError as err:  # pragma: no cover - triton is a dev dependency
+        raise TritonUnavailable(f"triton is not importable ({err}); use backend='torch'") from err
+    return triton_jit
+
+
+def triton_available(device: torch.device | str = "cuda") -> bool:
+    """True when Triton can run on tensors of this device (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    try:
+        _jit()
+    except TritonUnavailable:
+        return False
+    dev = torch.device(device)
+    return (dev.type == "cuda" and torch.cuda.is_available()) or (dev.type == "cpu" and _interpreting())
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"triton fake quant takes float32/float16/bfloat16 tensors, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("triton fake quant needs at least one axis (scales run along the last axis)")
+    if x.device.type == "cpu" and not _interpreting():
+        raise TritonUnavailable(
+            "triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 set before triton is imported "
+            "for CPU tensors; use backend='torch' on CPU"
+        )
+    if x.device.type not in ("cpu", "cuda"):
+        raise TritonUnavailable(f"no triton kernels for device {x.device}; valid: cuda (or cpu interpreted)")
+
+
+def _tile(span: int, rows: int, tile_elems: int, max_block: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_K, NCHUNK) for a span: a power-of-two column chunk and as many rows as fit."""
+    block_k = min(triton_next_pow2(span), max_block)
+    nchunk = math.ceil(span / block_k)
+    rows_tile = max(1, min(triton_next_pow2(rows), tile_elems // block_k))
+    return rows_tile, block_k, nchunk
+
+
+def triton_next_pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1): 1 -> 1, 100 -> 128, 128 -> 128."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.cache
+def _aux_tensors(plan: KernelPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(midpoints, grid values, clip ratios) as fp32 device tensors (dummies of one element when unused)."""
+    if plan.elem == "lut":
+        vals = torch.tensor(plan.lut, dtype=torch.float32)
+        mids = (vals[:-1] + vals[1:]) * 0.5  # fp32, as the reference computes its thresholds
+    else:
+        vals = mids = torch.zeros(1, dtype=torch.float32)
+    clip = torch.tensor(plan.clip or (1.0,), dtype=torch.float32)
+    return mids.to(device), vals.to(device), clip.to(device)
+
+
+def _constexprs(plan: KernelPlan) -> dict[str, Any]:
+    return {
+        "ELEM": _ELEM_NAMES[plan.elem],
+        "SCALE": _SCALE_NAMES[plan.scale],
+        "QMIN": int(plan.qmin),
+        "QMAX": int(plan.qmax),
+        "MBITS": int(plan.mbits),
+        "EMIN": int(plan.emin),
+        "MAXN": float(plan.max_normal),
+        "N_LUT": max(len(plan.lut), 1),
+        "DIVISOR": float(plan.divisor),
+        "EMAX_ELEM": int(plan.emax_elem),
+        "MSE": bool(plan.clip),
+    }
+
+
+def run_plan(
+    plan: KernelPlan,
+    x: torch.Tensor,
+    *,
+    with_sqnr: bool = False,
+    tile_elems: int | None = None,
+    max_block: int = 1024,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, float | None, float | None]:
+    """Launch the kernels of ``plan`` on x; returns (y, signal, noise) (sums None unless with_sqnr)."""
+    _check_input(x)
+    jit = _jit()
+    n_cols = x.shape[-1]
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel() == 0:
+        return y, (0.0 if with_sqnr else None), (0.0 if with_sqnr else None)
+    x2 = x.reshape(-1, n_cols).contiguous()
+    n_rows = x2.shape[0]
+    if tile_elems is None:
+        tile_elems = 8192 if _interpreting() else 4096
+    if plan.granularity == "tensor":
+        span = min(n_cols, max_block)  # programs over column chunks; one scale for all of them
+    else:
+        span = plan.span(n_cols)
+    rows_tile, block_k, nchunk = _tile(span, n_rows, tile_elems, max_block)
+    n_spans = math.ceil(n_cols / span)
+    grid = (math.ceil(n_rows / rows_tile), n_spans)
+    n_prog = grid[0] * grid[1]
+    opts: dict[str, Any] = {"enable_fp_fusion": False}
+    if num_warps is not None:
+        opts["num_warps"] = num_warps
+    dev = x.device
+    stats = torch.zeros(3, dtype=torch.float32, device=dev)
+    if plan.granularity == "tensor" and plan.scale != "none":
+        part = torch.empty((n_prog, 3), dtype=torch.float32, device=dev)
+        jit._stats_kernel[grid](
+            x2, part, n_rows, n_cols, span, n_spans, ROWS=rows_tile, BLOCK_K=block_k, NCHUNK=nchunk, **opts
+        )
+        # max/min are exact in any order: the global statistics equal the reference's.
+        stats = torch.stack([part[:, 0].max(), part[:, 1].min(), part[:, 2].max()])
+    mids, vals, clip = _aux_tensors(plan, dev)
+    sq = torch.empty((n_prog, 2) if with_sqnr else (1, 2), dtype=torch.float32, device=dev)
+    jit._fake_quant_kernel[grid](
+        x2,
+        y,
+        stats,
+        mids,
+        vals,
+        clip,
+        sq,
+        n_rows,
+        n_cols,
+        span,
+        n_spans,
+        len(plan.clip) or 1,
+        GLOBAL_STATS=plan.granularity == "tensor",
+        WITH_SQNR=with_sqnr,
+        ROWS=rows_tile,
+        BLOCK_K=block_k,
+        NCHUNK=nchunk,
+        **_constexprs(plan),
+        **opts,
+    )
+    if not with_sqnr:
+        return y, None, None
+    sums = sq.to(torch.float64).sum(dim=0)
+    return y, float(sums[0]), float(sums[1])
+
+
+def plan_for(fmt: Any) -> KernelPlan:
+    """Translate a qscale format into a KernelPlan (raises NotImplementedError naming what is missing)."""
+    if isinstance(fmt, KernelPlan):
+        return fmt
+    from qscale.kernels import triton_plan
+
+    return triton_plan.plan_for_format(fmt)
+
+
+def fake_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
+    """Fake-quantize x with fmt on the GPU (or the interpreter); bit-identical to the torch reference."""
+    y, _, _ = run_plan(plan_for(fmt), x)
+    return y
+
+
+def fake_quant_triton_with_sqnr(fmt: Any, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """(y, signal, noise): y as fake_quant_triton, sums of x**2 and (x - y)**2 over finite x (fp64)."""
+    y, sig, noi = run_plan(plan_for(fmt), x, with_sqnr=True)
+    assert sig is not None and noi is not None
+    return y, sig, noi
+
+
+def act_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
+    """Per-token dynamic quantization of activations x (..., hidden): one scale per row, one kernel.
+
+    Per-tensor and per-channel formats get one dynamic scale per token (row of the last axis);
+    group and block formats (e.g. MXFP8) keep their groups along the hidden axis.
+    """
+    plan = plan_for(fmt)
+    if plan.granularity == "tensor":
+        plan = dataclasses.replace(plan, granularity="channel")
+    y, _, _ = run_plan(plan, x)
+    return y
