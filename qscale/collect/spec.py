@@ -1,0 +1,532 @@
+"""Sweep specs: which (model x format x method x calibration x eval) runs to collect, as data.
+
+A spec is a YAML (or TOML) file::
+
+    name: demo
+    models: [zoo:tiny, checkpoints/*/]          # zoo names, a zoo preset, paths, globs
+    formats: [int8, int4-g128, all-4bit]        # format specs or named sets (qscale.formats.format_set)
+    methods: [rtn, {name: gptq, params: {damp: 0.01}}]
+    calibration: {corpus: enwiki_gensim, n_samples: 32, seq_len: 256, seed: 0}   # a list = an axis
+    eval: {corpus: enwiki_gensim, split: test, protocol: stride, seq_len: 256, max_tokens: 16384}
+    features: [n_nonembed, sqnr_db, weight_stats]
+
+:func:`load_spec` parses and validates the whole file before anything runs; every problem is reported
+with its field path (``formats[3]: unknown format 'int33' (did you mean int3?)``), all at once.
+:func:`plan` expands a spec into :class:`PlannedRun` s. Calibration only multiplies runs of methods that
+need calibration (``Method.needs_calibration``); RTN runs once per format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Bumped when the collection loop changes what a run measures (keys of older runs then differ).
+COLLECT_VERSION = "1"
+
+
+class SpecError(ValueError):
+    """A sweep spec is invalid; ``errors`` lists every problem as ``"field.path: message"``."""
+
+    def __init__(self, errors: Sequence[str], source: str | None = None):
+        self.errors = list(errors)
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid sweep spec{where}:\n  " + "\n  ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Calibration tokens: ``qscale.corpora.calibration_batch(tok, corpus, n_samples, seq_len, seed)``."""
+
+    corpus: str = "enwiki_gensim"
+    n_samples: int = 32
+    seq_len: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Evaluation settings passed to ``qscale.corpora.get_windows`` / ``qscale.measure``.
+
+    ``batch_size`` changes speed only, so it is not part of a run's identity (:meth:`key_dict`).
+    """
+
+    corpus: str = "enwiki_gensim"
+    split: str = "test"
+    protocol: str = "stride"
+    seq_len: int = 256
+    max_tokens: int | None = 16384
+    batch_size: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("batch_size")
+        return d
+
+    def window_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``get_windows`` / ``evaluate``: corpus, split, protocol, seq_len, max_tokens."""
+        return self.key_dict()
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: models resolved to references, formats to canonical specs, methods resolved."""
+
+    name: str
+    models: tuple[str, ...]
+    formats: tuple[str, ...]
+    methods: tuple[Any, ...]  # qscale.quantize.MethodSpec
+    calibrations: tuple[CalibrationSpec, ...]
+    evals: tuple[EvalSpec, ...]
+    features: tuple[str, ...] = ()
+    source: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run before it is measured. Its key needs the model's identity, known once facts are read."""
+
+    model: str
+    format: str
+    method: Any  # qscale.quantize.MethodSpec
+    calibration: CalibrationSpec | None
+    eval: EvalSpec
+
+    def config(self, identity: str) -> dict[str, Any]:
+        """The canonical configuration of this run for a model of the given identity (hashed into run_key)."""
+        from qscale import __version__
+
+        return {
+            "model": identity,
+            "format": self.format,
+            "method": self.method.to_dict(),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "eval": self.eval.key_dict(),
+            "code_version": f"{__version__}+collect{COLLECT_VERSION}",
+        }
+
+    def key(self, identity: str) -> str:
+        return run_key(self.config(identity))
+
+    def describe(self) -> str:
+        calib = (
+            ""
+            if self.calibration is None
+            else f" calib={self.calibration.corpus}x{self.calibration.n_samples}"
+        )
+        return f"{self.model} | {self.format} | {self.method}{calib}"
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted-key, no-whitespace JSON: the byte string a run key hashes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """sha256 hex digest of the canonical JSON of ``config``.
+
+    >>> run_key({"a": 1}) == run_key({"a": 1.0}) or True  # int and float differ in JSON; keep types stable
+    True
+    """
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------------
+
+_TOP_KEYS = ("name", "models", "formats", "methods", "calibration", "eval", "features")
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _read_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
+    """Read and validate a YAML/TOML spec file; raises :class:`SpecError` listing every problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([f"spec file not found: {p}"])
+    try:
+        raw = _read_file(p)
+    except Exception as err:  # yaml/toml syntax errors
+        raise SpecError([f"cannot parse {p.name}: {err}"], str(p)) from None
+    return parse_spec(raw, source=str(p))
+
+
+def parse_spec(raw: Any, source: str | None = None) -> SweepSpec:
+    """Validate a spec given as a mapping (the parsed YAML) and resolve it into a :class:`SweepSpec`."""
+    errors: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise SpecError(["the spec must be a mapping with keys " + ", ".join(_TOP_KEYS)], source)
+    for key in raw:
+        if key not in _TOP_KEYS:
+            errors.append(
+                f"{key}: unknown key{_did_you_mean(key, _TOP_KEYS)}; valid keys: {', '.join(_TOP_KEYS)}"
+            )
+    for key in ("models", "formats"):
+        if key not in raw:
+            errors.append(f"{key}: required")
+
+    name = raw.get("name") or (Path(source).stem if source else "sweep")
+    models = _parse_models(raw.get("models", []), errors)
+    formats = _parse_formats(raw.get("formats", []), errors)
+    methods = _parse_methods(raw.get("methods", ["rtn"]), errors)
+    calibs = _parse_records(raw.get("calibration", {}), CalibrationSpec, "calibration", errors)
+    evals = _parse_records(raw.get("eval", {}), EvalSpec, "eval", errors)
+    _check_corpora(calibs, evals, errors)
+    features = _parse_features(raw.get("features", []), errors)
+    if errors:
+        raise SpecError(errors, source)
+    return SweepSpec(
+        name=str(name),
+        models=tuple(models),
+        formats=tuple(formats),
+        methods=tuple(methods),
+        calibrations=tuple(calibs),
+        evals=tuple(evals),
+        features=tuple(features),
+        source=source,
+    )
+
+
+def _as_list(value: Any, path: str, errors: list[str]) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | Mapping):
+        return [value]
+    if isinstance(value, Sequence):
+        return list(value)
+    errors.append(f"{path}: expected a list, got {type(value).__name__}")
+    return []
+
+
+def zoo_names() -> tuple[list[str], dict[str, list[str]]]:
+    """(model names, {preset: model names}) of the zoo, or empty when the zoo module is not available."""
+    try:
+        from qscale.lm import zoo
+    except ImportError:
+        return [], {}
+
+    def _names(entries: Any) -> list[str]:
+        if isinstance(entries, Mapping):
+            entries = (
+                list(entries.values()) if not all(isinstance(k, str) for k in entries) else list(entries)
+            )
+        out = []
+        for e in entries:
+            out.append(e if isinstance(e, str) else getattr(e, "name", str(e)))
+        return out
+
+    presets = {str(k): _names(v) for k, v in getattr(zoo, "ZOO_PRESETS", {}).items()}
+    names: list[str] = []
+    for members in presets.values():
+        names.extend(n for n in members if n not in names)
+    try:
+        for n in _names(zoo.list_zoo()):
+            if n not in names:
+                names.append(n)
+    except Exception:
+        pass
+    return names, presets
+
+
+def _parse_models(value: Any, errors: list[str]) -> list[str]:
+    out: list[str] = []
+    names: list[str] | None = None
+    presets: dict[str, list[str]] = {}
+    for i, item in enumerate(_as_list(value, "models", errors)):
+        path = f"models[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            errors.append(f"{path}: expected a model reference (zoo:NAME, a path or a glob), got {item!r}")
+            continue
+        item = item.strip()
+        if item.startswith("zoo:"):
+            if names is None:
+                names, presets = zoo_names()
+            zname = item[4:]
+            if zname in presets:
+                out.extend(f"zoo:{n}" for n in presets[zname])
+            elif zname in names or not names:
+                out.append(item)
+            else:
+                choices = [*presets, *names]
+                errors.append(
+                    f"{path}: unknown zoo model or preset {zname!r}{_did_you_mean(zname, choices)}; "
+                    f"valid: {', '.join(choices)}"
+                )
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(os.path.expanduser(item)))
+            if not matches:
+                errors.append(f"{path}: glob {item!r} matches nothing")
+            out.extend(matches)
+        elif not Path(os.path.expanduser(item)).exists():
+            errors.append(f"{path}: no such model path {item!r} (zoo models are written zoo:NAME)")
+        else:
+            out.append(os.path.expanduser(item))
+    if not out and not any(e.startswith("models") for e in errors):
+        errors.append("models: at least one model is needed")
+    seen: list[str] = []
+    for m in out:
+        if m not in seen:
+            seen.append(m)
+    return seen
+
+
+def _parse_formats(value: Any, errors: list[str]) -> list[str]:
+    try:
+        from qscale.formats import get_format
+    except ImportError as err:
+        errors.append(f"formats: qscale.formats is not available ({err})")
+        return []
+    try:
+        from qscale.formats import format_set
+    except ImportError:
+        format_set = None
+    out: list[str] = []
+    for i, item in enumerate(_as_list(value, "formats", errors)):
+        path = f"formats[{i}]"
+        if not isinstance(item, str):
+            errors.append(f"{path}: expected a format spec string, got {item!r}")
+            continue
+        specs: list[str] = []
+        try:
+            specs = [str(get_format(item))]
+        except Exception as err:
+            if format_set is not None:
+                try:
+                    specs = [str(f) for f in format_set(item)]
+                except Exception:
+                    specs = []
+            if not specs:
+                errors.append(f"{path}: {str(err).strip() or repr(err)}")
+                continue
+        for s in specs:
+            if s not in out:
+                out.append(s)
+    if not out and not any(e.startswith("formats") for e in errors):
+        errors.append("formats: at least one format is needed")
+    return out
+
+
+def _parse_methods(value: Any, errors: list[str]) -> list[Any]:
+    try:
+        from qscale.quantize import MethodSpec
+    except ImportError as err:
+        errors.append(f"methods: qscale.quantize is not available ({err})")
+        return []
+    out: list[Any] = []
+    for i, item in enumerate(_as_list(value, "methods", errors)):
+        path = f"methods[{i}]"
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, Mapping):
+            extra = sorted(set(item) - {"name", "params"})
+            if extra:
+                errors.append(f"{path}: unknown key(s) {extra}; a method is {{name, params}}")
+                continue
+            name, params = item.get("name"), item.get("params") or {}
+            if not isinstance(params, Mapping):
+                errors.append(f"{path}.params: expected a mapping, got {type(params).__name__}")
+                continue
+        else:
+            errors.append(f"{path}: expected a method name or {{name, params}}, got {item!r}")
+            continue
+        try:
+            spec = MethodSpec.of(str(name), params)
+        except Exception as err:
+            errors.append(f"{path}: {err}")
+            continue
+        if spec not in out:
+            out.append(spec)
+    if not out and not any(e.startswith("methods") for e in errors):
+        errors.append("methods: at least one method is needed")
+    return out
+
+
+def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[Any]:
+    fields = {f: t for f, t in cls.__dataclass_fields__.items()}
+    defaults = cls()
+    items = _as_list(value, key, errors) if not isinstance(value, Mapping) else [value]
+    if not items:
+        items = [{}]
+    out = []
+    for i, item in enumerate(items):
+        path = key if isinstance(value, Mapping) else f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            errors.append(f"{path}: expected a mapping with keys {', '.join(fields)}")
+            continue
+        ok = True
+        kwargs: dict[str, Any] = {}
+        for k, v in item.items():
+            if k not in fields:
+                errors.append(
+                    f"{path}.{k}: unknown key{_did_you_mean(k, list(fields))}; valid: {', '.join(fields)}"
+                )
+                ok = False
+                continue
+            default = getattr(defaults, k)
+            if k == "max_tokens" and v is None:
+                kwargs[k] = None
+            elif isinstance(default, int) or k == "max_tokens":
+                if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and k != "seed") or v < 0:
+                    errors.append(f"{path}.{k}: expected a positive integer, got {v!r}")
+                    ok = False
+                    continue
+                kwargs[k] = v
+            else:
+                if not isinstance(v, str):
+                    errors.append(f"{path}.{k}: expected a string, got {v!r}")
+                    ok = False
+                    continue
+                kwargs[k] = v
+        if ok:
+            rec = cls(**kwargs)
+            if rec not in out:
+                out.append(rec)
+    if key == "eval":
+        for i, ev in enumerate(out):
+            path = "eval" if isinstance(value, Mapping) else f"eval[{i}]"
+            if ev.split not in ("train", "validation", "test"):
+                errors.append(
+                    f"{path}.split: unknown split {ev.split!r}{_did_you_mean(ev.split, ['train', 'validation', 'test'])}"
+                    "; valid: train, validation, test"
+                )
+            protocols = _protocols()
+            if protocols and ev.protocol not in protocols:
+                errors.append(
+                    f"{path}.protocol: unknown protocol {ev.protocol!r}{_did_you_mean(ev.protocol, protocols)}; "
+                    f"valid: {', '.join(protocols)}"
+                )
+    return out
+
+
+def _protocols() -> list[str]:
+    try:
+        import qscale.corpora as corpora
+    except ImportError:
+        return []
+    for attr in ("PROTOCOLS", "EVAL_PROTOCOLS"):
+        value = getattr(corpora, attr, None)
+        if value:
+            return sorted(value)
+    fn = getattr(corpora, "list_protocols", None)
+    if fn is not None:
+        try:
+            return sorted(str(p) for p in fn())
+        except Exception:
+            return []
+    return []
+
+
+def corpus_names() -> list[str]:
+    """Names accepted as corpora (packaged texts and synthetic calibration sources); empty if unknown."""
+    try:
+        from qscale.corpora import list_corpora
+    except ImportError:
+        return []
+    names = []
+    for info in list_corpora():
+        names.append(info if isinstance(info, str) else getattr(info, "name", str(info)))
+    return names
+
+
+_SYNTHETIC = ("random_tokens", "random_punct")
+
+
+def _check_corpora(calibs: list[CalibrationSpec], evals: list[EvalSpec], errors: list[str]) -> None:
+    names = corpus_names()
+    if not names:
+        return
+    for i, c in enumerate(calibs):
+        valid = [*names, *_SYNTHETIC]
+        if c.corpus not in valid:
+            path = "calibration" if len(calibs) == 1 else f"calibration[{i}]"
+            errors.append(
+                f"{path}.corpus: unknown corpus {c.corpus!r}{_did_you_mean(c.corpus, valid)}; valid: {', '.join(valid)}"
+            )
+    for i, e in enumerate(evals):
+        if e.corpus not in names:
+            path = "eval" if len(evals) == 1 else f"eval[{i}]"
+            errors.append(
+                f"{path}.corpus: unknown corpus {e.corpus!r}{_did_you_mean(e.corpus, names)}; valid: {', '.join(names)}"
+            )
+
+
+def _parse_features(value: Any, errors: list[str]) -> list[str]:
+    from qscale.collect.features import list_features
+
+    known = [f.name for f in list_features()]
+    out: list[str] = []
+    for i, item in enumerate(_as_list(value, "features", errors)):
+        if not isinstance(item, str) or item not in known:
+            errors.append(
+                f"features[{i}]: unknown feature {item!r}{_did_you_mean(str(item), known)}; "
+                f"valid: {', '.join(known)}"
+            )
+        elif item not in out:
+            out.append(item)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------------
+
+
+def _needs_calibration(method_spec: Any) -> bool:
+    from qscale.quantize import get_method
+
+    return bool(getattr(get_method(method_spec.name), "needs_calibration", False))
+
+
+def plan(spec: SweepSpec, limit: int | None = None) -> list[PlannedRun]:
+    """Expand a spec into runs, grouped by model (the loop loads each model once).
+
+    Order: model, eval, format, method, calibration. Methods that do not need calibration get
+    ``calibration=None`` and run once per format. ``limit`` keeps the first N runs.
+    """
+    runs: list[PlannedRun] = []
+    for model in spec.models:
+        for ev in spec.evals:
+            for fmt in spec.formats:
+                for method in spec.methods:
+                    calibs: Sequence[CalibrationSpec | None] = (
+                        spec.calibrations if _needs_calibration(method) else (None,)
+                    )
+                    for calib in calibs:
+                        runs.append(PlannedRun(model, fmt, method, calib, ev))
+    return runs[:limit] if limit is not None else runs
+
+
+def group_by_model(runs: Sequence[PlannedRun]) -> dict[str, list[PlannedRun]]:
+    """``{model reference: [runs]}`` in first-seen order."""
+    out: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        out.setdefault(r.model, []).append(r)
+    return out
