@@ -1,1 +1,70 @@
-"""qscale.formats."""
+"""Numeric datatypes as data: integer, minifloat, MX block and lookup-table formats.
+
+>>> from qscale.formats import get_format
+>>> fmt = get_format("int4-g128")
+>>> str(fmt), fmt.family, fmt.element_bits, fmt.bits_per_element
+('int4-g128', 'int', 4, 4.125)
+
+Each format is a frozen dataclass (``IntFormat``, ``FloatFormat``, ``MXFormat``, ``LUTFormat``) whose
+``str()`` is its canonical spec (grammar in :mod:`qscale.formats.spec`); ``fmt.fake_quant(x)`` runs the
+numerics in :mod:`qscale.kernels` (torch reference in :mod:`qscale.kernels.reference`).
+
+Conventions
+-----------
+* Scales, groups, channels and MX blocks run along the LAST axis; a group size must divide it.
+* All arithmetic is fp32 (inputs of any float dtype are upcast; the output has the input dtype).
+  Rounding is round-half-to-even everywhere (``torch.round``; minifloats by exponent extraction).
+* Symmetric integers use the restricted range -(2^(b-1)-1)..2^(b-1)-1 (int4: -7..7), so q(-x) == -q(x).
+* Bare ``int<b>`` and ``fp<b>`` are per-channel (one scale per row); ``nf<b>`` defaults to groups of 64,
+  ``cbrt<b>`` to groups of 128, MX to blocks of 32.
+
+NaN / Inf policy (all families)
+-------------------------------
+* NaN stays NaN in its own element and does not poison its group's scale (scales use finite values only).
+* +-Inf saturates to the signed largest value representable in its group (after scaling and, for
+  ``-mse``, clipping; for asymmetric int the group's top / bottom code), and is ignored when the scale
+  is chosen.
+* Zeros stay exactly zero (the sign of -0 is not guaranteed). A group whose finite values are all zero
+  gets scale 1 (int, fp, lut) or the smallest E8M0 scale 2^-127 (mx): its zeros stay zero and an Inf
+  in it saturates to that scale times the element maximum.
+"""
+
+from __future__ import annotations
+
+from qscale.formats.core import (
+    MSE_CLIP_RATIOS,
+    FloatFormat,
+    Format,
+    FormatError,
+    IntFormat,
+    LUTFormat,
+    MXFormat,
+    cbrt_levels,
+    normal_float_levels,
+)
+from qscale.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, MINIFLOATS, MiniFloat
+from qscale.formats.spec import FORMAT_SETS, GRAMMAR, format_set, get_format, list_formats
+
+__all__ = [
+    "E2M1",
+    "E2M3",
+    "E3M2",
+    "E4M3",
+    "E5M2",
+    "FORMAT_SETS",
+    "GRAMMAR",
+    "MINIFLOATS",
+    "MSE_CLIP_RATIOS",
+    "FloatFormat",
+    "Format",
+    "FormatError",
+    "IntFormat",
+    "LUTFormat",
+    "MXFormat",
+    "MiniFloat",
+    "cbrt_levels",
+    "format_set",
+    "get_format",
+    "list_formats",
+    "normal_float_levels",
+]
