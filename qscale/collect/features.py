@@ -224,14 +224,19 @@ def _log_n(ctx: FeatureContext) -> float:
     return math.log10(max(float(ctx.facts.n_nonembed), 1.0))
 
 
+def float_eval_key(settings: Mapping[str, Any] | None) -> str:
+    """The ``ctx.cache`` key under which the float evaluation for ``settings`` is kept."""
+    return "float_eval:" + repr(sorted(dict(settings or {}).items()))
+
+
 def float_eval(ctx: FeatureContext) -> dict[str, Any]:
     """The float model's evaluation under ``ctx.eval`` (cached in ``ctx.cache``)."""
     settings = dict(ctx.eval or {})
-    key = "float_eval:" + repr(sorted(settings.items()))
+    key = float_eval_key(settings)
     if key not in ctx.cache:
         from qscale.measure import evaluate
 
-        ctx.cache[key] = evaluate(ctx.model, ctx.tokenizer, **settings)
+        ctx.cache[key] = evaluate(ctx.model, ctx.tokenizer, **settings, progress=False)
     return ctx.cache[key]
 
 

@@ -428,43 +428,35 @@ def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[A
 
 def _protocols() -> list[str]:
     try:
-        import qscale.corpora as corpora
+        from qscale.corpora.windows import PROTOCOLS
     except ImportError:
         return []
-    for attr in ("PROTOCOLS", "EVAL_PROTOCOLS"):
-        value = getattr(corpora, attr, None)
-        if value:
-            return sorted(value)
-    fn = getattr(corpora, "list_protocols", None)
-    if fn is not None:
-        try:
-            return sorted(str(p) for p in fn())
-        except Exception:
-            return []
-    return []
+    return list(PROTOCOLS)
 
 
 def corpus_names() -> list[str]:
-    """Names accepted as corpora (packaged texts and synthetic calibration sources); empty if unknown."""
+    """Names of the packaged corpora (empty when qscale.corpora is not available)."""
     try:
-        from qscale.corpora import list_corpora
+        from qscale.corpora import corpus_names as names
     except ImportError:
         return []
-    names = []
-    for info in list_corpora():
-        names.append(info if isinstance(info, str) else getattr(info, "name", str(info)))
-    return names
+    return list(names())
 
 
-_SYNTHETIC = ("random_tokens", "random_punct")
+def _calibration_names() -> list[str]:
+    try:
+        from qscale.corpora.calibration import calibration_corpora
+    except ImportError:
+        return corpus_names()
+    return list(calibration_corpora())
 
 
 def _check_corpora(calibs: list[CalibrationSpec], evals: list[EvalSpec], errors: list[str]) -> None:
     names = corpus_names()
     if not names:
         return
+    valid = _calibration_names()
     for i, c in enumerate(calibs):
-        valid = [*names, *_SYNTHETIC]
         if c.corpus not in valid:
             path = "calibration" if len(calibs) == 1 else f"calibration[{i}]"
             errors.append(

@@ -283,6 +283,13 @@ class RunStore:
             out.update({r[0]: r[1] for r in self._conn.execute(q, chunk)})
         return out
 
+    def keys(self, status: str | None = None) -> set[str]:
+        """All run keys (of one status, if given)."""
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"status must be one of {STATUSES}, got {status!r}")
+        q = "SELECT run_key FROM runs" + (" WHERE status = ?" if status else "")
+        return {r[0] for r in self._conn.execute(q, (status,) if status else ())}
+
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 

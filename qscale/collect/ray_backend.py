@@ -1,0 +1,86 @@
+"""The Ray backend: one task per model; tasks return rows, the driver is the store's single writer.
+
+Each task runs :func:`qscale.collect.loop.collect_model` on one model and returns ``(rows, summary)``.
+A task whose worker dies (killed, out of memory, node lost) is retried by Ray (``max_retries``), and so
+is a task that raises (``retry_exceptions``): its runs are measured again from the start of the model, and
+the store's run keys make a retried run land in the same row. ``num_gpus=1`` per task when the cluster
+has GPUs, so each model gets its own device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qscale.collect.spec import PlannedRun
+
+#: Ray retries of a model task whose worker died or that raised.
+MAX_RETRIES = 2
+
+
+def _model_task(
+    model_ref: str, runs: Sequence[PlannedRun], features: Sequence[str], skip: frozenset[str], device: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from qscale.collect.loop import collect_model
+
+    rows: list[dict[str, Any]] = []
+    summary = collect_model(model_ref, runs, features, skip_keys=skip, on_row=rows.append, device=device)
+    return rows, summary
+
+
+def collect_ray(
+    todo: dict[str, list[PlannedRun]],
+    features: Sequence[str],
+    skip: frozenset[str],
+    on_row: Callable[[dict[str, Any]], None],
+    on_summary: Callable[[dict[str, Any], int], None],
+    should_stop: Callable[[], bool],
+    on_task_error: Callable[[str, BaseException], None],
+    *,
+    address: str | None = None,
+    device: str = "auto",
+) -> None:
+    """Run one Ray task per model of ``todo``; hand each returned row to ``on_row`` as tasks finish.
+
+    Connects to ``address`` (``"auto"``, ``"ray://host:10001"``, ...) or starts a local cluster when
+    none is running. On stop, tasks not yet finished are cancelled (their models are measured next time).
+    """
+    try:
+        import ray
+    except ImportError as err:
+        raise RuntimeError("the ray backend needs Ray: pip install 'qscale[ray]'") from err
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started = True
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        use_gpu = gpus >= 1 and device in ("auto", "cuda")
+        task_device = "cuda" if use_gpu else "cpu"
+        task = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=MAX_RETRIES, retry_exceptions=True)(
+            _model_task
+        )
+        skip_ref = ray.put(skip)
+        pending = {
+            task.remote(ref, runs, tuple(features), skip_ref, task_device): ref for ref, runs in todo.items()
+        }
+        while pending:
+            if should_stop():
+                for obj in pending:
+                    ray.cancel(obj)
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for obj in ready:
+                ref = pending.pop(obj)
+                try:
+                    rows, summary = ray.get(obj)
+                except Exception as err:  # retries exhausted: report, go on with the other models
+                    on_task_error(ref, err)
+                    continue
+                for row in rows:
+                    on_row(row)
+                on_summary(summary, len(todo[ref]))
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,266 @@
+"""Run a sweep into a store: the local backend (in-process) and the Ray backend (one task per model).
+
+Both skip runs already finished ("ok") in the store, and runs that failed unless ``retry_failed``. The store
+is written only by this process (the driver): local runs are committed one by one as they finish, Ray
+tasks return their rows and the driver commits them. Ctrl-C (SIGINT) asks the loop to stop after the
+current run; a second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qscale.collect.loop import collect_model, model_signature
+from qscale.collect.spec import PlannedRun, SweepSpec, group_by_model, plan
+from qscale.collect.store import RunStore
+
+BACKENDS = ("local", "ray")
+
+
+class CollectError(ValueError):
+    """A bad collection request (unknown backend, Ray missing, ...)."""
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    """What a collection did: planned runs, newly measured ok/error rows, skipped runs, elapsed time."""
+
+    n_planned: int
+    n_ok: int
+    n_error: int
+    n_skipped: int
+    n_models: int
+    stopped: bool
+    seconds: float
+    load_seconds: float
+    failures: tuple[str, ...] = ()
+
+    @property
+    def runs_per_min(self) -> float:
+        n = self.n_ok + self.n_error
+        return 60.0 * n / self.seconds if self.seconds > 0 else 0.0
+
+
+class StopFlag:
+    """Set by the first SIGINT while installed (main thread only); a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self, notify: Callable[[str], None] | None = None):
+        self._set = False
+        self._notify = notify
+        self._old: Any = None
+
+    def __call__(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._set:
+            raise KeyboardInterrupt
+        self._set = True
+        if self._notify is not None:
+            self._notify("Stopping after the current run (Ctrl-C again to abort now)...")
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else is returned as is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def skip_keys(store: RunStore, retry_failed: bool) -> frozenset[str]:
+    """Keys not to measure again: every "ok" run, and every "error" run unless ``retry_failed``."""
+    return frozenset(store.keys("ok") | (set() if retry_failed else store.keys("error")))
+
+
+def _cached_pending(
+    store: RunStore, model_ref: str, runs: Sequence[PlannedRun], skip: frozenset[str]
+) -> list[PlannedRun] | None:
+    """Runs of a model still to do, known from the store's model cache without loading; None if unknown."""
+    sig = model_signature(model_ref)
+    if sig is None:
+        return None
+    cached = store.cached_model(model_ref, sig)
+    if cached is None:
+        return None
+    identity = cached[0]
+    return [r for r in runs if r.key(identity) not in skip]
+
+
+class _Progress:
+    """Models / runs progress bars with ETA (rich), or nothing."""
+
+    def __init__(self, enabled: bool, n_models: int, n_runs: int):
+        self.enabled = enabled
+        self._p: Any = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(
+                TextColumn("{task.description:<8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
+            )
+            self._models = self._p.add_task("models", total=n_models, note="")
+            self._runs = self._p.add_task("runs", total=n_runs, note="")
+
+    def __enter__(self) -> _Progress:
+        if self._p is not None:
+            self._p.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+    def run(self, n: int = 1, note: str = "") -> None:
+        if self._p is not None:
+            self._p.update(self._runs, advance=n, note=note)
+
+    def model(self, note: str = "") -> None:
+        if self._p is not None:
+            self._p.update(self._models, advance=1, note=note)
+
+    def print(self, msg: str) -> None:
+        if self._p is not None:
+            self._p.console.print(msg)
+
+
+def collect(
+    spec: SweepSpec,
+    store: RunStore,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    stop: StopFlag | None = None,
+) -> CollectResult:
+    """Measure every planned run of ``spec`` that the store does not have yet; rows go to ``store``."""
+    if backend not in BACKENDS:
+        import difflib
+
+        close = difflib.get_close_matches(backend, BACKENDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CollectError(f"unknown backend {backend!r}{hint}; valid backends: {', '.join(BACKENDS)}")
+    runs = plan(spec, limit=limit)
+    groups = group_by_model(runs)
+    skip = skip_keys(store, retry_failed)
+    t0 = time.perf_counter()
+    counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0}
+    failures: list[str] = []
+
+    todo: dict[str, list[PlannedRun]] = {}
+    for ref, model_runs in groups.items():
+        pending = _cached_pending(store, ref, model_runs, skip)
+        if pending is not None and not pending:
+            counts["skipped"] += len(model_runs)
+        else:
+            todo[ref] = model_runs
+
+    with _Progress(progress, len(groups), len(runs)) as bar, stop or StopFlag() as flag:
+        flag._notify = bar.print if progress else None
+        bar_skipped = counts["skipped"]
+        if bar_skipped:
+            bar.run(bar_skipped, note="already in store")
+            for _ in range(len(groups) - len(todo)):
+                bar.model()
+
+        def on_row(row: dict[str, Any]) -> None:
+            store.put(row)
+            counts[row["status"]] += 1
+            bar.run(1, note=f"{row['model']} {row['format']}")
+
+        def on_summary(summary: dict[str, Any], n_runs: int) -> None:
+            counts["skipped"] += summary["n_skipped"]
+            counts["load_s"] += summary["load_s"]
+            if summary["n_skipped"]:
+                bar.run(summary["n_skipped"])
+            if summary["identity"] is not None and summary["signature"] is not None:
+                store.remember_model(
+                    summary["model_ref"], summary["signature"], summary["identity"], summary["facts"]
+                )
+            if not summary["stopped"]:
+                bar.model(note=summary["model_ref"])
+
+        if backend == "local":
+            dev = resolve_device(device)
+            from qscale.collect.provenance import provenance
+
+            prov = provenance(dev)
+            for ref, model_runs in todo.items():
+                if flag():
+                    break
+                summary = collect_model(
+                    ref,
+                    model_runs,
+                    spec.features,
+                    skip_keys=skip,
+                    on_row=on_row,
+                    should_stop=flag,
+                    device=dev,
+                    provenance=prov,
+                )
+                on_summary(summary, len(model_runs))
+        else:
+            from qscale.collect.ray_backend import collect_ray
+
+            def on_task_error(ref: str, err: BaseException) -> None:
+                failures.append(f"{ref}: {type(err).__name__}: {err}")
+                bar.print(f"[red]model task failed after retries:[/red] {failures[-1]}")
+
+            collect_ray(
+                todo,
+                spec.features,
+                skip,
+                on_row,
+                on_summary,
+                flag,
+                on_task_error,
+                address=address,
+                device=device,
+            )
+
+    return CollectResult(
+        n_planned=len(runs),
+        n_ok=counts["ok"],
+        n_error=counts["error"],
+        n_skipped=counts["skipped"],
+        n_models=len(groups),
+        stopped=flag(),
+        seconds=time.perf_counter() - t0,
+        load_seconds=counts["load_s"],
+        failures=tuple(failures),
+    )

@@ -1,0 +1,67 @@
+"""Fixtures for the collection tests: tiny random HF checkpoints with a tiny byte-level BPE tokenizer.
+
+Nothing is downloaded: the tokenizer is trained here on a few kilobytes of the packaged corpus and the
+models are randomly initialised Llama checkpoints (a few thousand parameters) saved as safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def _train_tokenizer(out: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from qscale.corpora import read_split
+
+    text = read_split("enwiki_gensim", "train")[:20]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    fast.save_pretrained(str(out))
+    return len(fast)
+
+
+def make_tiny_model(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A random Llama checkpoint (hidden ``hidden``, ``layers`` blocks) with its tokenizer, in ``out``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _train_tokenizer(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two random tiny checkpoints of different widths."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return [make_tiny_model(root / "tiny-a", seed=0, hidden=32), make_tiny_model(root / "tiny-b", seed=1, hidden=48)]
