@@ -1,0 +1,418 @@
+"""Language-model quality on evaluation windows: NLL, perplexity, bits-per-byte, KL and top-1 agreement.
+
+``evaluate(model, tokenizer, corpus, split, protocol, seq_len, ...)`` builds (cached) windows with
+:func:`qscale.corpora.windows.get_windows` and calls :func:`evaluate_windows`; the sweep builds the
+windows once and calls :func:`evaluate_windows` for every format.
+
+Definitions (sums over the N scored tokens t_i with context c_i, see the window protocols):
+
+* ``nll``  = -(1/N) sum_i log p(t_i | c_i), in nats; ``ppl`` = exp(nll)
+* ``bpb``  = -sum_i log2 p(t_i | c_i) / n_bytes, n_bytes = UTF-8 bytes of the scored text (exact)
+* ``kld``  = (1/N) sum_i KL(p_float(. | c_i) || p_quant(. | c_i)), in nats
+* ``top1_agreement`` = fraction of scored positions where both models' argmax tokens agree
+
+Worked numbers: 1000 scored tokens with total NLL 2772.6 nats over 4000 bytes give nll = 2.7726,
+ppl = 16.0, bpb = 2772.6 / ln 2 / 4000 = 1.0.
+
+Numerics: the model runs in its own dtype (fp32/bf16/fp16); logits of the scored positions are cast
+to fp32 before the log-softmax and all sums accumulate in fp64 on the model's device, with no
+host synchronisation until the end (window batches and their scored-position indices are moved to
+the device once, before the loop).
+
+Reference caches (:class:`ReferenceOutputs`). Evaluating many quantized variants against one float
+model would rerun the float model every time, so :func:`reference_outputs` runs it once and stores,
+per scored token, the float model's ``top_k`` largest log-probs (fp32) with their token ids, the
+log of the remaining probability mass (``rest``), the log-prob of the target and the argmax. The KL
+is then computed on the coarsened distribution (the top-k tokens of p plus one "everything else"
+bucket):
+
+    KL_k = sum_{v in top-k} p_v (log p_v - log q_v) + p_rest (log p_rest - log q_rest)
+
+By the data-processing inequality KL_k <= KL exactly, and the gap is p_rest times the KL between
+the two tail distributions renormalised: small when the top-k tokens carry most of the mass (the
+cache records that ``coverage``). ``top_k=None`` (or top_k >= vocab) stores every log-prob in fp32
+and gives the exact KL (N x V x 4 bytes: fine for small vocabularies). Top-1 agreement and the
+reference NLL are exact either way. Passing a float *model* as ``reference`` computes the exact
+KL with both models in the same batch loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from qscale.corpora.windows import EvalWindows, get_windows
+
+__all__ = ["DEFAULT_TOP_K", "ReferenceOutputs", "evaluate", "evaluate_windows", "reference_outputs"]
+
+DEFAULT_TOP_K = 64
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model plumbing
+
+
+def _model_device(model: Any) -> Any:
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _prepare(model: Any, device: Any, dtype: Any) -> Any:
+    """Move/cast ``model`` in place when ``device``/``dtype`` are given; return its device."""
+    import torch
+
+    if dtype is not None:
+        dtype = _parse_dtype(dtype)
+    if device is not None or dtype is not None:
+        model.to(device=torch.device(device) if device is not None else None, dtype=dtype)
+    return _model_device(model)
+
+
+def _parse_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp64": torch.float64,
+        "float64": torch.float64,
+    }
+    if str(dtype) not in names:
+        raise ValueError(f"Unknown dtype {dtype!r}; valid choices: {', '.join(names)}.")
+    return names[str(dtype)]
+
+
+def _forward_fn(model: Any):
+    """A function ids -> logits (B, L, V) for HF causal LMs and plain modules returning logits."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        params = {}
+    kwargs = {"use_cache": False} if "use_cache" in params else {}
+
+    def run(ids: Any) -> Any:
+        out = model(input_ids=ids, **kwargs) if "input_ids" in params else model(ids)
+        if hasattr(out, "logits"):
+            return out.logits
+        if isinstance(out, tuple | list):
+            return out[0]
+        return out
+
+    return run
+
+
+def _progress(iterable: Any, progress: bool | None, desc: str) -> Any:
+    items = list(iterable)
+    if progress is False or (progress is None and len(items) < 16):
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=None if progress is None else False, leave=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference cache
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceOutputs:
+    """The float model's outputs on fixed windows, for KL / top-1 / delta-NLL of many variants.
+
+    Per scored token, in window-major order: ``logp`` (N, k) fp32 top-k log-probs sorted
+    descending with ``index`` (N, k) int64 token ids (``top_k=None``: ``logp`` is (N, V), ``index``
+    is None), ``rest_logp`` (N,) log of the probability outside the top-k (-inf if none),
+    ``target_logp`` (N,) and ``argmax`` (N,). See the module docstring for the KL approximation.
+    """
+
+    windows: EvalWindows
+    top_k: int | None
+    logp: Any
+    index: Any
+    rest_logp: Any
+    target_logp: Any
+    argmax: Any
+    vocab_size: int
+    _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.target_logp.shape[0])
+
+    @property
+    def exact(self) -> bool:
+        return self.index is None
+
+    @property
+    def nll(self) -> float:
+        """The float model's mean NLL on the windows (nats/token)."""
+        return float(-self.target_logp.double().mean())
+
+    @property
+    def coverage(self) -> float:
+        """Mean probability mass of the stored top-k tokens (1.0 when exact)."""
+        if self.exact:
+            return 1.0
+        return float(self.logp.double().exp().sum(-1).mean())
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.logp, self.index, self.rest_logp, self.target_logp, self.argmax]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def to(self, device: Any) -> dict:
+        """The cached tensors on ``device`` (moved once, reused for every evaluation)."""
+        import torch
+
+        key = str(torch.device(device))
+        if key not in self._device_cache:
+            self._device_cache.clear()
+            self._device_cache[key] = {
+                name: (t.to(device) if t is not None else None)
+                for name, t in (
+                    ("logp", self.logp),
+                    ("index", self.index),
+                    ("rest_logp", self.rest_logp),
+                    ("target_logp", self.target_logp),
+                    ("argmax", self.argmax),
+                )
+            }
+        return self._device_cache[key]
+
+
+def _window_kwargs_error(kwargs: dict) -> None:
+    allowed = {"corpus", "split", "protocol", "seq_len", "stride", "max_tokens", "add_bos"}
+    bad = sorted(set(kwargs) - allowed)
+    if bad:
+        raise TypeError(f"Unexpected window argument(s) {bad}; valid: {sorted(allowed)}.")
+
+
+def reference_outputs(
+    model: Any,
+    windows_or_tokenizer: Any,
+    *,
+    top_k: int | None = DEFAULT_TOP_K,
+    batch_size: int = 8,
+    device: Any = None,
+    dtype: Any = None,
+    progress: bool | None = None,
+    **window_kwargs: Any,
+) -> ReferenceOutputs:
+    """Run the float ``model`` once on the windows and cache what KL/top-1 need.
+
+    ``windows_or_tokenizer`` is an :class:`EvalWindows`, or a tokenizer plus the keyword arguments of
+    :func:`get_windows` (corpus, split, protocol, seq_len, stride, max_tokens). Tensors are kept on
+    the CPU. Size: N x top_k x 12 bytes (+ 20 bytes per token); 64 is a good default.
+    """
+    import torch
+
+    if isinstance(windows_or_tokenizer, EvalWindows):
+        if window_kwargs:
+            raise TypeError("Pass either an EvalWindows or a tokenizer with window arguments, not both.")
+        windows = windows_or_tokenizer
+    else:
+        _window_kwargs_error(window_kwargs)
+        windows = get_windows(windows_or_tokenizer, **window_kwargs)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None (exact), got {top_k}.")
+    dev = _prepare(model, device, dtype)
+    forward = _forward_fn(model)
+    parts: dict[str, list] = {k: [] for k in ("logp", "index", "rest", "target", "argmax")}
+    vocab = None
+    exact = top_k is None
+    with torch.inference_mode():
+        for ids, flat, targets, _ in _progress(windows.batches(batch_size, dev), progress, "reference"):
+            logits = forward(ids)
+            vocab = logits.shape[-1]
+            lp = logits[:, :-1].reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            parts["target"].append(lp.gather(1, targets[:, None]).squeeze(1))
+            parts["argmax"].append(lp.argmax(-1))
+            if exact or top_k >= vocab:
+                exact = True
+                parts["logp"].append(lp)
+                continue
+            vals, idx = lp.topk(top_k, dim=-1, sorted=True)
+            parts["logp"].append(vals)
+            parts["index"].append(idx)
+            parts["rest"].append(lp.scatter(1, idx, float("-inf")).logsumexp(-1))
+    cat = {k: torch.cat(v).cpu() if v else None for k, v in parts.items()}
+    n = windows.n_scored
+    return ReferenceOutputs(
+        windows=windows,
+        top_k=None if exact else top_k,
+        logp=cat["logp"],
+        index=None if exact else cat["index"],
+        rest_logp=cat["rest"] if not exact else torch.full((n,), float("-inf")),
+        target_logp=cat["target"],
+        argmax=cat["argmax"],
+        vocab_size=int(vocab or 0),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _kl_from_cache(lq: Any, ref: dict, sl: slice, exact: bool) -> Any:
+    """Per-token KL(p || q) with p from the cache slice and q = log-probs ``lq`` (n, V)."""
+    import torch
+
+    lp = ref["logp"][sl]
+    if exact:
+        return (lp.exp() * (lp - lq)).sum(-1)
+    idx = ref["index"][sl]
+    head = (lp.exp() * (lp - lq.gather(1, idx))).sum(-1)
+    rest_p = ref["rest_logp"][sl]
+    rest_q = lq.scatter(1, idx, float("-inf")).logsumexp(-1)
+    tail = torch.where(torch.isfinite(rest_p), rest_p.exp() * (rest_p - rest_q), torch.zeros_like(rest_p))
+    return head + tail
+
+
+def evaluate_windows(
+    model: Any,
+    windows: EvalWindows,
+    *,
+    reference: Any = None,
+    batch_size: int = 8,
+    device: Any = None,
+    dtype: Any = None,
+    progress: bool | None = None,
+) -> dict:
+    """NLL, ppl, bpb (+ kld, top1_agreement, reference_nll, dnll with ``reference``) on ``windows``.
+
+    ``reference`` is a float model (exact KL, run alongside in the same loop) or a
+    :class:`ReferenceOutputs` made on these same windows. ``device``/``dtype`` move/cast the model
+    in place first (``model.to``); by default it runs where and as it is.
+    """
+    import torch
+
+    if not isinstance(windows, EvalWindows):
+        raise TypeError(f"windows must be an EvalWindows (from get_windows), got {type(windows).__name__}.")
+    if windows.n_scored == 0:
+        raise ValueError("The windows score no tokens; nothing to evaluate.")
+    dev = _prepare(model, device, dtype)
+    forward = _forward_fn(model)
+    ref_cache = ref_forward = None
+    ref_dev = dev
+    if isinstance(reference, ReferenceOutputs):
+        if reference.windows.fingerprint != windows.fingerprint:
+            raise ValueError(
+                "reference was computed on different windows "
+                f"({reference.windows.describe()}) than these ({windows.describe()}); "
+                "make it with reference_outputs(float_model, windows)."
+            )
+        ref_cache = reference.to(dev)
+    elif reference is not None:
+        if not callable(reference):
+            raise TypeError(
+                f"reference must be a float model or a ReferenceOutputs, got {type(reference).__name__}."
+            )
+        ref_forward = _forward_fn(reference)
+        ref_dev = _model_device(reference)
+
+    with torch.inference_mode():
+        acc = torch.zeros(4, dtype=torch.float64, device=dev)  # nll, kl, top1, ref_nll sums
+        for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "eval"):
+            logits = forward(ids)
+            vocab = logits.shape[-1]
+            lq = logits[:, :-1].reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            acc[0] -= lq.gather(1, targets[:, None]).sum(dtype=torch.float64)
+            if ref_cache is not None:
+                if reference.vocab_size != vocab:
+                    raise ValueError(f"reference vocab {reference.vocab_size} != model vocab {vocab}.")
+                sl = slice(offset, offset + targets.shape[0])
+                acc[1] += _kl_from_cache(lq, ref_cache, sl, reference.exact).sum(dtype=torch.float64)
+                acc[2] += (lq.argmax(-1) == ref_cache["argmax"][sl]).sum()
+                acc[3] -= ref_cache["target_logp"][sl].sum(dtype=torch.float64)
+            elif ref_forward is not None:
+                rlogits = ref_forward(ids.to(ref_dev))
+                lp = rlogits[:, :-1].reshape(-1, vocab).index_select(0, flat.to(ref_dev)).float()
+                lp = lp.log_softmax(-1).to(dev)
+                acc[1] += (lp.exp() * (lp - lq)).sum(dtype=torch.float64)
+                acc[2] += (lq.argmax(-1) == lp.argmax(-1)).sum()
+                acc[3] -= lp.gather(1, targets[:, None]).sum(dtype=torch.float64)
+    nll_sum, kl_sum, top1, ref_nll_sum = acc.tolist()  # the one host sync
+    n = windows.n_scored
+    nll = nll_sum / n
+    result = {
+        "nll": nll,
+        "ppl": math.exp(nll),
+        "bpb": nll_sum / LN2 / windows.n_bytes if windows.n_bytes else float("nan"),
+        **windows.describe(),
+        "dtype": str(next(iter(model.parameters())).dtype).replace("torch.", "")
+        if _has_params(model)
+        else None,
+        "device": str(dev),
+    }
+    if reference is not None:
+        ref_nll = ref_nll_sum / n
+        result.update(
+            {
+                "kld": kl_sum / n,
+                "top1_agreement": top1 / n,
+                "reference_nll": ref_nll,
+                "reference_ppl": math.exp(ref_nll),
+                "dnll": nll - ref_nll,
+                "kld_top_k": reference.top_k if isinstance(reference, ReferenceOutputs) else None,
+            }
+        )
+    return result
+
+
+def _has_params(model: Any) -> bool:
+    return any(True for _ in model.parameters())
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    corpus: str = "enwiki_gensim",
+    split: str = "test",
+    protocol: str = "stride",
+    seq_len: int = 256,
+    max_tokens: int | None = None,
+    reference: Any = None,
+    batch_size: int = 8,
+    device: Any = None,
+    dtype: Any = None,
+    progress: bool | None = None,
+    *,
+    stride: int | None = None,
+    add_bos: bool | None = None,
+) -> dict:
+    """Evaluate a causal LM on a corpus split under a named protocol; returns a flat dict.
+
+    Keys: nll, ppl, bpb, n_tokens, n_bytes, protocol, corpus, split, seq_len, stride, bos,
+    max_tokens, n_windows, windows_fingerprint, dtype, device; with ``reference`` also kld,
+    top1_agreement, reference_nll, reference_ppl, dnll, kld_top_k (None = exact KL).
+    """
+    windows = get_windows(
+        tokenizer,
+        corpus=corpus,
+        split=split,
+        protocol=protocol,
+        seq_len=seq_len,
+        stride=stride,
+        max_tokens=max_tokens,
+        add_bos=add_bos,
+    )
+    return evaluate_windows(
+        model,
+        windows,
+        reference=reference,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
