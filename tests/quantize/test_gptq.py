@@ -129,7 +129,7 @@ def test_gptq_reconstruction_beats_rtn_per_format_on_heldout_inputs():
         e_gptq = float(((W - q) @ Xtest.T).norm())
         e_rtn = float(((W - fmt.fake_quant(W)) @ Xtest.T).norm())
         ratios[spec] = e_gptq / e_rtn
-        assert e_gptq < 0.9 * e_rtn, (spec, e_gptq, e_rtn)
+        assert e_gptq < 0.95 * e_rtn, (spec, e_gptq, e_rtn)
     assert set(ratios) == {"int4-g128", "int3", "fp4-e2m1-g32", "mxfp4", "nf4", "cbrt4-g128", "int8-pt"}
 
 
