@@ -25,3 +25,18 @@ def _reexport(module: str, names: tuple[str, ...]) -> None:
 
 
 _reexport("qscale.measure.eval", ("ReferenceOutputs", "evaluate", "evaluate_windows", "reference_outputs"))
+_reexport(
+    "qscale.measure.landscape",
+    (
+        "hessian_trace",
+        "hessian_top_eigenvalues",
+        "hvp",
+        "quant_direction_terms",
+        "radial_profile",
+        "TraceResult",
+        "EigenResult",
+        "QuantDirectionTerms",
+        "RadialProfile",
+        "CurvatureError",
+    ),
+)
