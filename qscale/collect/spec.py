@@ -199,7 +199,6 @@ def parse_spec(raw: Any, source: str | None = None) -> SweepSpec:
     methods = _parse_methods(raw.get("methods", ["rtn"]), errors)
     calibs = _parse_records(raw.get("calibration", {}), CalibrationSpec, "calibration", errors)
     evals = _parse_records(raw.get("eval", {}), EvalSpec, "eval", errors)
-    _check_corpora(calibs, evals, errors)
     features = _parse_features(raw.get("features", []), errors)
     if errors:
         raise SpecError(errors, source)
@@ -370,60 +369,66 @@ def _parse_methods(value: Any, errors: list[str]) -> list[Any]:
 
 
 def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[Any]:
-    fields = {f: t for f, t in cls.__dataclass_fields__.items()}
+    """Parse ``calibration`` / ``eval`` (one mapping, or a list of them = an axis) into ``cls`` records."""
+    fields = list(cls.__dataclass_fields__)
     defaults = cls()
-    items = _as_list(value, key, errors) if not isinstance(value, Mapping) else [value]
+    single = isinstance(value, Mapping)
+    items = [value] if single else _as_list(value, key, errors)
     if not items:
         items = [{}]
     out = []
     for i, item in enumerate(items):
-        path = key if isinstance(value, Mapping) else f"{key}[{i}]"
+        path = key if single else f"{key}[{i}]"
         if not isinstance(item, Mapping):
             errors.append(f"{path}: expected a mapping with keys {', '.join(fields)}")
             continue
-        ok = True
+        n_errors = len(errors)
         kwargs: dict[str, Any] = {}
         for k, v in item.items():
             if k not in fields:
                 errors.append(
-                    f"{path}.{k}: unknown key{_did_you_mean(k, list(fields))}; valid: {', '.join(fields)}"
+                    f"{path}.{k}: unknown key{_did_you_mean(k, fields)}; valid: {', '.join(fields)}"
                 )
-                ok = False
-                continue
-            default = getattr(defaults, k)
-            if k == "max_tokens" and v is None:
+            elif k == "max_tokens" and v is None:
                 kwargs[k] = None
-            elif isinstance(default, int) or k == "max_tokens":
-                if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and k != "seed") or v < 0:
-                    errors.append(f"{path}.{k}: expected a positive integer, got {v!r}")
-                    ok = False
-                    continue
-                kwargs[k] = v
+            elif isinstance(getattr(defaults, k), int) or k == "max_tokens":
+                minimum = 0 if k == "seed" else 1
+                if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                    kind = "a non-negative" if minimum == 0 else "a positive"
+                    errors.append(f"{path}.{k}: expected {kind} integer, got {v!r}")
+                else:
+                    kwargs[k] = v
+            elif not isinstance(v, str):
+                errors.append(f"{path}.{k}: expected a string, got {v!r}")
             else:
-                if not isinstance(v, str):
-                    errors.append(f"{path}.{k}: expected a string, got {v!r}")
-                    ok = False
-                    continue
                 kwargs[k] = v
-        if ok:
-            rec = cls(**kwargs)
-            if rec not in out:
-                out.append(rec)
-    if key == "eval":
-        for i, ev in enumerate(out):
-            path = "eval" if isinstance(value, Mapping) else f"eval[{i}]"
-            if ev.split not in ("train", "validation", "test"):
-                errors.append(
-                    f"{path}.split: unknown split {ev.split!r}{_did_you_mean(ev.split, ['train', 'validation', 'test'])}"
-                    "; valid: train, validation, test"
-                )
-            protocols = _protocols()
-            if protocols and ev.protocol not in protocols:
-                errors.append(
-                    f"{path}.protocol: unknown protocol {ev.protocol!r}{_did_you_mean(ev.protocol, protocols)}; "
-                    f"valid: {', '.join(protocols)}"
-                )
+        rec = cls(**kwargs)
+        _check_record(rec, path, errors)
+        if len(errors) == n_errors and rec not in out:
+            out.append(rec)
     return out
+
+
+def _check_record(rec: Any, path: str, errors: list[str]) -> None:
+    """Names in a calibration / eval record: corpus, split, protocol."""
+    names = corpus_names()
+    valid = _calibration_names() if isinstance(rec, CalibrationSpec) else names
+    if names and rec.corpus not in valid:
+        errors.append(
+            f"{path}.corpus: unknown corpus {rec.corpus!r}{_did_you_mean(rec.corpus, valid)}; valid: {', '.join(valid)}"
+        )
+    if isinstance(rec, EvalSpec):
+        splits = ["train", "validation", "test"]
+        if rec.split not in splits:
+            errors.append(
+                f"{path}.split: unknown split {rec.split!r}{_did_you_mean(rec.split, splits)}; valid: {', '.join(splits)}"
+            )
+        protocols = _protocols()
+        if protocols and rec.protocol not in protocols:
+            errors.append(
+                f"{path}.protocol: unknown protocol {rec.protocol!r}{_did_you_mean(rec.protocol, protocols)}; "
+                f"valid: {', '.join(protocols)}"
+            )
 
 
 def _protocols() -> list[str]:
@@ -449,25 +454,6 @@ def _calibration_names() -> list[str]:
     except ImportError:
         return corpus_names()
     return list(calibration_corpora())
-
-
-def _check_corpora(calibs: list[CalibrationSpec], evals: list[EvalSpec], errors: list[str]) -> None:
-    names = corpus_names()
-    if not names:
-        return
-    valid = _calibration_names()
-    for i, c in enumerate(calibs):
-        if c.corpus not in valid:
-            path = "calibration" if len(calibs) == 1 else f"calibration[{i}]"
-            errors.append(
-                f"{path}.corpus: unknown corpus {c.corpus!r}{_did_you_mean(c.corpus, valid)}; valid: {', '.join(valid)}"
-            )
-    for i, e in enumerate(evals):
-        if e.corpus not in names:
-            path = "eval" if len(evals) == 1 else f"eval[{i}]"
-            errors.append(
-                f"{path}.corpus: unknown corpus {e.corpus!r}{_did_you_mean(e.corpus, names)}; valid: {', '.join(names)}"
-            )
 
 
 def _parse_features(value: Any, errors: list[str]) -> list[str]:

@@ -326,17 +326,26 @@ class RunStore:
             d[k] = _loads(d.get(k))
         return d
 
-    def to_frame(self, status: str | None = None) -> Any:
-        """The runs as a flat pandas DataFrame (columns per docs/interfaces.md, then the rest)."""
-        return rows_to_frame(self.rows(status))
+    def to_frame(self, status: str | None = None, detail: bool = False) -> Any:
+        """The runs as a flat pandas DataFrame.
 
-    def export(self, out: str | Path, fmt: str | None = None, status: str | None = None) -> Path:
+        Columns: :data:`FRAME_COLUMNS` (docs/interfaces.md), one column per feature, ``status``, ``run_key``.
+        Every numeric column of this default frame is either an input a law may use or its target, so
+        it can be handed to ``qscale.laws`` as is. ``detail=True`` appends bookkeeping and secondary
+        outcomes (``float_bpb, dppl, dbpb, n_tokens, method_sqnr_db``, calibration and eval settings,
+        ``time_*`` timings, ``error``, ``attempts``, ...), which must not be used as law inputs.
+        """
+        return rows_to_frame(self.rows(status), detail=detail)
+
+    def export(
+        self, out: str | Path, fmt: str | None = None, status: str | None = None, detail: bool = False
+    ) -> Path:
         """Write :meth:`to_frame` to ``out`` as parquet or csv (from ``fmt`` or the file suffix)."""
         out = Path(out)
         fmt = (fmt or out.suffix.lstrip(".")).lower()
         if fmt not in ("parquet", "csv"):
             raise StoreError(f"unknown export format {fmt!r}; valid: parquet, csv")
-        frame = self.to_frame(status)
+        frame = self.to_frame(status, detail=detail)
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":
             frame.to_parquet(out, index=False)
@@ -387,8 +396,8 @@ def _num(v: Any) -> Any:
     return math.nan if v is None else v
 
 
-def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One stored run as a flat dict of scalars (see :data:`FRAME_COLUMNS`)."""
+def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
+    """One stored run as a flat dict of scalars (see :data:`FRAME_COLUMNS` and :meth:`RunStore.to_frame`)."""
     facts = row.get("facts") or {}
     finfo = row.get("format_info") or {}
     metrics = row.get("metrics") or {}
@@ -414,6 +423,8 @@ def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = _num(features[k])
     out["status"] = row["status"]
     out["run_key"] = row["run_key"]
+    if not detail:
+        return out
     for k in _FACT_COLUMNS:
         out[k] = facts.get(k)
     for k in _METRIC_COLUMNS:
@@ -435,11 +446,22 @@ def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rows_to_frame(rows: Iterable[Mapping[str, Any]]) -> Any:
+def rows_to_frame(rows: Iterable[Mapping[str, Any]], detail: bool = False) -> Any:
     """Flatten stored runs into a DataFrame; an empty store gives an empty frame with the leading columns."""
     import pandas as pd
 
-    flat = [flatten_row(r) for r in rows]
+    flat = [flatten_row(r, detail) for r in rows]
     if not flat:
         return pd.DataFrame(columns=[*FRAME_COLUMNS, "status", "run_key"])
-    return pd.DataFrame(flat)
+    frame = pd.DataFrame(flat)
+    # Runs may carry different feature sets: features go between the fixed leading columns and
+    # status/run_key whichever row introduced them.
+    features = sorted(set(rows_features(flat)) - set(FRAME_COLUMNS))
+    extra = [c for c in frame.columns if c not in (*FRAME_COLUMNS, *features, "status", "run_key")]
+    return frame[[*FRAME_COLUMNS, *features, "status", "run_key", *extra]]
+
+
+def rows_features(flat: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    for r in flat:
+        keys = list(r)
+        yield from keys[len(FRAME_COLUMNS) : keys.index("status")]

@@ -1,0 +1,193 @@
+"""CLI: ``qscale collect``, ``qscale runs list|show|export`` and ``qscale demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from qscale.collect.store import DEFAULT_STORE
+
+STORE_HELP = "Run store (SQLite file)."
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"Error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _quiet_transformers() -> None:
+    """No per-model 'Loading weights' bars inside the sweep's own progress display."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def collect_cmd(
+    spec_path: Path = typer.Argument(..., help="Sweep spec (YAML or TOML), e.g. data/sweeps/demo.yaml."),
+    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    backend: str = typer.Option("local", "--backend", help="local | ray"),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N planned runs."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and exit."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Measure runs recorded as failed again."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Collect a sweep into the run store (finished runs are skipped; Ctrl-C stops after the current run)."""
+    from qscale.collect.runner import BACKENDS, collect
+    from qscale.collect.spec import SpecError, load_spec, plan
+
+    if backend not in BACKENDS:
+        import difflib
+
+        close = difflib.get_close_matches(backend, BACKENDS, n=1)
+        _fail(
+            f"unknown backend {backend!r}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + "; valid: local, ray"
+        )
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as err:
+        _fail(str(err))
+    runs = plan(spec, limit=limit)
+    if dry_run:
+        _print_plan(spec, runs, store)
+        return
+    _quiet_transformers()
+    from qscale.collect.store import RunStore
+
+    with RunStore(store) as st:
+        result = collect(
+            spec, st, backend=backend, address=address, retry_failed=retry_failed, limit=limit, device=device,
+            progress=progress,
+        )  # fmt: skip
+        counts = st.counts()
+    typer.echo(
+        f"{spec.name}: {result.n_planned} planned, {result.n_ok} measured ok, {result.n_error} failed, "
+        f"{result.n_skipped} already in store; {result.seconds:.1f} s ({result.runs_per_min:.1f} runs/min)"
+    )
+    typer.echo(f"store {store}: {counts.get('ok', 0)} ok, {counts.get('error', 0)} error runs")
+    for failure in result.failures:
+        typer.secho(f"model task failed: {failure}", fg=typer.colors.RED, err=True)
+    if result.stopped:
+        typer.echo("stopped early: run the same command again to continue")
+        raise typer.Exit(130)
+
+
+def _print_plan(spec, runs, store: Path) -> None:
+    from qscale.collect.runner import _cached_pending, skip_keys
+    from qscale.collect.spec import group_by_model
+    from qscale.collect.store import RunStore
+
+    known_done = 0
+    if store.exists():
+        with RunStore(store) as st:
+            skip = skip_keys(st, retry_failed=False)
+            for ref, model_runs in group_by_model(runs).items():
+                pending = _cached_pending(st, ref, model_runs, skip)
+                if pending is not None:
+                    known_done += len(model_runs) - len(pending)
+    typer.echo(
+        f"{spec.name}: {len(runs)} runs = {len(spec.models)} models x {len(spec.formats)} formats x "
+        f"{len(spec.methods)} methods x {len(spec.evals)} eval settings (x calibrations for methods that need them)"
+    )
+    if known_done:
+        typer.echo(f"{known_done} of them are already finished in {store}")
+    for i, run in enumerate(runs):
+        typer.echo(f"{i + 1:5d}  {run.describe()}")
+
+
+runs_app = typer.Typer(help="Inspect and export the run store.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list(
+    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    status: str = typer.Option(None, "--status", help="ok | error"),
+    limit: int = typer.Option(50, "--limit", min=1, help="Show at most N runs (newest)."),
+) -> None:
+    """List runs: key prefix, model, format, method, status, nll, dnll."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qscale.collect.store import RunStore, StoreError
+
+    try:
+        with RunStore(store, readonly=True) as st:
+            frame = st.to_frame(status)
+            counts = st.counts()
+    except StoreError as err:
+        _fail(str(err))
+    table = Table(title=f"{store}: {counts.get('ok', 0)} ok, {counts.get('error', 0)} error")
+    for col in ("key", "model", "format", "method", "status", "nll", "dnll", "kld"):
+        table.add_column(col, justify="right" if col in ("nll", "dnll", "kld") else "left")
+    for _, r in frame.tail(limit).iterrows():
+        num = lambda v: "" if v != v else f"{v:.4g}"  # noqa: E731 - NaN -> blank
+        table.add_row(
+            r.run_key[:12], str(r.model), r.format, r.method, r.status, num(r.nll), num(r.dnll), num(r.kld)
+        )
+    Console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    key: str = typer.Argument(..., help="A run key or a unique prefix of it (>= 4 characters)."),
+    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+) -> None:
+    """Print one run as JSON (config, facts, metrics, features, timings, provenance, error)."""
+    from qscale.collect.store import RunStore, StoreError
+
+    try:
+        with RunStore(store, readonly=True) as st:
+            row = st.get(key)
+    except StoreError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(row, indent=2, sort_keys=False, default=str))
+
+
+@runs_app.command("export")
+def runs_export(
+    out: Path = typer.Option(..., "--out", help="Output file."),
+    fmt: str = typer.Option(None, "--format", help="parquet | csv (default: from the --out suffix)."),
+    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    status: str = typer.Option(None, "--status", help="Only runs with this status (ok | error)."),
+) -> None:
+    """Export the flattened runs table (RunStore.to_frame) as parquet or csv."""
+    from qscale.collect.store import RunStore, StoreError
+
+    try:
+        with RunStore(store, readonly=True) as st:
+            path = st.export(out, fmt, status)
+            n = len(st.to_frame(status))
+    except StoreError as err:
+        _fail(str(err))
+    typer.echo(f"wrote {n} runs to {path}")
+
+
+def demo_cmd(
+    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    spec_path: Path = typer.Option(Path("data/sweeps/demo.yaml"), "--spec", help="The demo sweep."),
+    out: Path = typer.Option(Path("reports/demo"), "--out", help="Where the law and the report go."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The whole job on the tiny zoo: train it if missing, collect, fit laws, predict a held-out family, report."""
+    from qscale.collect.demo import DemoError, run_demo
+
+    _quiet_transformers()
+    try:
+        run_demo(store=store, spec_path=spec_path, out=out, progress=progress, echo=typer.echo)
+    except DemoError as err:
+        _fail(str(err))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("collect")(collect_cmd)
+    app.add_typer(runs_app, name="runs")
+    app.command("demo")(demo_cmd)

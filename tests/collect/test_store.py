@@ -1,0 +1,175 @@
+"""The run store: upsert semantics, schema migration, flattening, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from qscale.collect.store import FRAME_COLUMNS, MIGRATIONS, SCHEMA_VERSION, RunStore, StoreError
+
+
+def _row(key: str, status: str = "ok", **extra):
+    row = {
+        "run_key": key,
+        "status": status,
+        "model": "zoo:m",
+        "model_ref": "zoo:m",
+        "model_identity": "id-1",
+        "format": "int4-g32",
+        "method": "rtn",
+        "config": {"format": "int4-g32", "k": key},
+        "facts": {
+            "family": "llama",
+            "n_params": 1000,
+            "n_nonembed": 600,
+            "train_tokens": None,
+            "n_layers": 2,
+        },
+        "format_info": {"bits_per_element": 4.5, "element_bits": 4, "family": "int"},
+        "metrics": {
+            "float_nll": 3.0,
+            "nll": 3.25,
+            "dnll": 0.25,
+            "ppl": math.exp(3.25),
+            "kld": 0.1,
+            "top1": 0.9,
+        },
+        "features": {"sqnr_db": 19.5, "weight_stats_kurtosis_max": 1.5},
+        "timings": {"eval_s": 0.5},
+        "provenance": {"qscale_version": "0.1.0"},
+    }
+    row.update(extra)
+    return row
+
+
+def test_put_is_an_upsert_that_never_loses_a_finished_run(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        assert st.put(_row("aaaa0001", "error", error="boom", metrics={}))
+        assert st.status_of(["aaaa0001", "bbbb"]) == {"aaaa0001": "error"}
+        assert st.put(_row("aaaa0001", "ok"))  # a retry that succeeds replaces the error
+        assert not st.put(_row("aaaa0001", "error", error="later failure"))  # ok is never replaced
+        row = st.get("aaaa0001")
+        assert row["status"] == "ok" and row["error"] is None and row["attempts"] == 2
+        assert row["metrics"]["dnll"] == 0.25
+        assert len(st) == 1 and st.counts() == {"ok": 1}
+
+
+def test_bad_rows_are_rejected_with_the_field_named(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        with pytest.raises(StoreError, match="status must be one of"):
+            st.put(_row("k1", "done"))
+        with pytest.raises(StoreError, match="unknown field"):
+            st.put(_row("k1", nll=3.0))
+        bad = _row("k1")
+        del bad["config"]
+        with pytest.raises(StoreError, match="config"):
+            st.put(bad)
+
+
+def test_get_by_unique_prefix(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        st.put(_row("abcd1111"))
+        st.put(_row("abcd2222"))
+        assert st.get("abcd1")["run_key"] == "abcd1111"
+        with pytest.raises(StoreError, match="ambiguous"):
+            st.get("abcd")
+        with pytest.raises(StoreError, match="no run with key"):
+            st.get("ffff")
+
+
+def test_v1_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    # A file as the first release wrote it: the v1 schema only, version 1, one run.
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    MIGRATIONS[0](conn)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute(
+        "INSERT INTO runs (run_key, status, model, model_ref, format, method, config, metrics, created_utc) "
+        "VALUES ('k-old', 'ok', 'm', 'm', 'int8-pc', 'rtn', '{}', ?, '2026-01-01T00:00:00Z')",
+        (json.dumps({"nll": 2.5, "dnll": 0.01}),),
+    )
+    conn.commit()
+    conn.close()
+
+    with RunStore(path) as st:
+        assert st.schema_version == SCHEMA_VERSION == 2
+        row = st.get("k-old")
+        assert row["attempts"] == 1 and row["updated_utc"] == "2026-01-01T00:00:00Z"
+        assert row["metrics"] == {"nll": 2.5, "dnll": 0.01}
+        st.remember_model("m", "sig", "id-m", {"n_params": 5})  # the v2 table exists
+        assert st.cached_model("m", "sig") == ("id-m", {"n_params": 5})
+        assert st.cached_model("m", "other-sig") is None
+    with RunStore(path) as st:  # opening again is a no-op
+        assert st.schema_version == 2 and len(st) == 1
+
+
+def test_newer_or_foreign_files_are_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (99)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        RunStore(path)
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE runs (x INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not a qscale store"):
+        RunStore(other)
+    with pytest.raises(StoreError, match="no run store"):
+        RunStore(tmp_path / "missing.sqlite", readonly=True)
+
+
+def test_wal_mode(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        st.put(_row("k1"))
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_to_frame_flattens_to_the_documented_columns(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        st.put(_row("k1"))
+        st.put(_row("k2", "error", error="oops", metrics={}, features={}))
+        frame = st.to_frame()
+        detail = st.to_frame(detail=True)
+        ok = st.to_frame("ok")
+    assert list(frame.columns[: len(FRAME_COLUMNS)]) == list(FRAME_COLUMNS)
+    assert list(frame.columns[-2:]) == ["status", "run_key"]
+    assert "weight_stats_kurtosis_max" in frame.columns
+    r = frame.set_index("run_key").loc["k1"]
+    assert r["family"] == "llama" and r["n_nonembed"] == 600 and math.isnan(r["train_tokens"])
+    assert r["bits_per_element"] == 4.5 and r["fmt_family"] == "int" and r["sqnr_db"] == 19.5
+    assert r["dnll"] == pytest.approx(r["nll"] - r["float_nll"])
+    e = frame.set_index("run_key").loc["k2"]
+    assert e["status"] == "error" and math.isnan(e["nll"])
+    # the detail frame adds bookkeeping and secondary outcomes, kept out of the default (law) frame
+    assert {"error", "time_eval_s", "eval_protocol", "dbpb"} <= set(detail.columns)
+    assert not {"error", "time_eval_s", "dbpb"} & set(frame.columns)
+    assert list(ok["run_key"]) == ["k1"]
+
+
+def test_empty_store_frame_and_export_round_trip(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        empty = st.to_frame()
+        assert list(empty.columns) == [*FRAME_COLUMNS, "status", "run_key"] and len(empty) == 0
+        st.put(_row("k1"))
+        st.put(_row("k2", metrics={"float_nll": 3.0, "nll": 3.5, "dnll": 0.5}))
+        pq = st.export(tmp_path / "runs.parquet")
+        csv = st.export(tmp_path / "out.txt", "csv")
+        with pytest.raises(StoreError, match="valid: parquet, csv"):
+            st.export(tmp_path / "x.json")
+        frame = st.to_frame()
+    back = pd.read_parquet(pq)
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    back_csv = pd.read_csv(csv)
+    assert list(back_csv["dnll"]) == [0.25, 0.5]
