@@ -25,8 +25,10 @@ ELEM_FP = 1  # minifloat with MBITS mantissa bits, min normal exponent EMIN, max
 ELEM_LUT = 2  # arbitrary sorted grid, nearest point through midpoints (ties go to the upper point)
 
 SCALE_ABSMAX = 0  # scale = absmax / DIVISOR (fp32), zero -> 1
-SCALE_MINMAX = 1  # asymmetric: scale = (max - min) / (QMAX - QMIN), zero point = rne(-min / scale) + QMIN
-SCALE_E8M0 = 2  # scale = 2 ** clamp(floor(log2(absmax)) - EMAX_ELEM, -127, 127), from exponent bits
+SCALE_MINMAX = 1  # asymmetric: scale = (max - min) / (QMAX - QMIN), zero point = clamp(rne(-min / scale))
+SCALE_E8M0 = (
+    2  # scale = 2 ** (clamp(floor(log2(absmax)) - EMAX_ELEM, -127, 127) - ESHIFT), from exponent bits
+)
 SCALE_NONE = 3  # unit scale (formats without a scale, e.g. a bare fp8 cast)
 
 
@@ -76,6 +78,18 @@ def _top_bit(m):
 
 
 @triton.jit
+def _bf16_rne(y):
+    """fp32 -> the nearest bfloat16 value (half to even), still as fp32, so the final cast is exact.
+
+    Triton's interpreter truncates on fp32 -> bf16 casts; the GPU rounds to nearest even. Rounding here
+    makes both equal torch's ``.to(torch.bfloat16)``. NaN passes through (the caller keeps it).
+    """
+    b = y.to(tl.int32, bitcast=True)
+    r = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return tl.where(y != y, y, r.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _round_minifloat(v, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr):
     """Round fp32 v to the nearest minifloat (half to even), subnormals kept, saturating at +-MAXN.
 
@@ -93,7 +107,10 @@ def _round_minifloat(v, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.conste
 
 @triton.jit
 def _round_lut(v, mid_ptr, val_ptr, N_LUT: tl.constexpr):
-    """Nearest point of a sorted grid through its N_LUT-1 midpoints; a tie goes to the upper point."""
+    """Grid point whose decision interval holds v: index = #thresholds <= v (a tie goes to the upper point).
+
+    +-Inf land on the extreme points (saturation); the caller keeps NaN.
+    """
     idx = tl.zeros(v.shape, tl.int32)
     for i in tl.static_range(N_LUT - 1):
         idx += (v >= tl.load(mid_ptr + i)).to(tl.int32)
@@ -110,6 +127,7 @@ def _scale_from_stats(
     QMAX: tl.constexpr,
     DIVISOR: tl.constexpr,
     EMAX_ELEM: tl.constexpr,
+    ESHIFT: tl.constexpr,
 ):
     """Per-row scale (and zero point, asymmetric only) from finite absmax (or min and max)."""
     if SCALE == 0:
@@ -121,10 +139,10 @@ def _scale_from_stats(
         hi = tl.maximum(hi, 0.0)
         s = tl.math.div_rn(hi - lo, tl.full(amax.shape, QMAX - QMIN, tl.float32))
         s = tl.where(s > 0, s, 1.0)
-        zp = _rne(tl.math.div_rn(-lo, s)) + QMIN
+        zp = tl.minimum(tl.maximum(_rne(tl.math.div_rn(-lo, s)), QMIN), QMAX)
     elif SCALE == 2:
         k = tl.minimum(tl.maximum(_exponent(amax) - EMAX_ELEM, -127), 127)
-        s = _pow2(k)
+        s = _pow2(k - ESHIFT)
         zp = tl.zeros_like(s)
     else:
         s = tl.full(amax.shape, 1.0, tl.float32)
@@ -155,8 +173,116 @@ def _quant_tile(
     elif ELEM == 1:
         y = _round_minifloat(v, MBITS, EMIN, MAXN) * s
     else:
-        y = _round_lut(tl.minimum(tl.maximum(v, -1.0), 1.0), mid_ptr, val_ptr, N_LUT) * s
+        y = _round_lut(v, mid_ptr, val_ptr, N_LUT) * s
     return tl.where(x != x, x, y)
+
+
+@triton.jit
+def _clip_err(
+    x_ptr,
+    roff,
+    rmask,
+    c0,
+    span,
+    n_cols,
+    cs,
+    czp,
+    mid_ptr,
+    val_ptr,
+    ELEM: tl.constexpr,
+    QMIN: tl.constexpr,
+    QMAX: tl.constexpr,
+    MBITS: tl.constexpr,
+    EMIN: tl.constexpr,
+    MAXN: tl.constexpr,
+    N_LUT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NCHUNK: tl.constexpr,
+):
+    """Per-row float64 sum of (y - x)**2 over the finite x of a span, y quantized with scale cs, zero czp.
+
+    As the reference: the fp32 y of each element, differences and squares in float64 (exact for most
+    spans), so candidates only tie where the reference's sums tie too, up to float64 summation order.
+    """
+    err = tl.zeros((ROWS,), tl.float64)
+    for c in range(NCHUNK):
+        cols = c0 + c * BLOCK_K + tl.arange(0, BLOCK_K)
+        m = rmask[:, None] & (cols < n_cols)[None, :] & (cols < c0 + span)[None, :]
+        x = tl.load(x_ptr + roff + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        y = _quant_tile(
+            x, cs[:, None], czp[:, None], mid_ptr, val_ptr, ELEM, QMIN, QMAX, MBITS, EMIN, MAXN, N_LUT
+        )
+        d = tl.where(m & (tl.abs(x) < float("inf")), y.to(tl.float64) - x.to(tl.float64), 0.0)
+        err += tl.sum(d * d, axis=1)
+    return err
+
+
+@triton.jit
+def _clip_err_kernel(
+    x_ptr,
+    stats_ptr,
+    mid_ptr,
+    val_ptr,
+    clip_ptr,
+    err_ptr,
+    n_rows,
+    n_cols,
+    span,
+    n_spans,
+    n_clip,
+    ELEM: tl.constexpr,
+    SCALE: tl.constexpr,
+    QMIN: tl.constexpr,
+    QMAX: tl.constexpr,
+    MBITS: tl.constexpr,
+    EMIN: tl.constexpr,
+    MAXN: tl.constexpr,
+    N_LUT: tl.constexpr,
+    DIVISOR: tl.constexpr,
+    EMAX_ELEM: tl.constexpr,
+    ESHIFT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NCHUNK: tl.constexpr,
+):
+    """Per-tensor MSE clipping: this program's float64 error for every clip ratio -> err_ptr[pid, i]."""
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_r * ROWS + tl.arange(0, ROWS)
+    rmask = rows < n_rows
+    roff = rows[:, None].to(tl.int64) * n_cols
+    c0 = pid_s * span
+    amax = tl.zeros((ROWS,), tl.float32) + tl.load(stats_ptr + 0)
+    lo = tl.zeros((ROWS,), tl.float32) + tl.load(stats_ptr + 1)
+    hi = tl.zeros((ROWS,), tl.float32) + tl.load(stats_ptr + 2)
+    pid = pid_r * n_spans + pid_s
+    for i in range(n_clip):
+        r = tl.load(clip_ptr + i)
+        cs, czp = _scale_from_stats(amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT)
+        err = _clip_err(
+            x_ptr,
+            roff,
+            rmask,
+            c0,
+            span,
+            n_cols,
+            cs,
+            czp,
+            mid_ptr,
+            val_ptr,
+            ELEM,
+            QMIN,
+            QMAX,
+            MBITS,
+            EMIN,
+            MAXN,
+            N_LUT,
+            ROWS,
+            BLOCK_K,
+            NCHUNK,
+        )
+        tl.store(err_ptr + pid * n_clip + i, tl.sum(err, axis=0))
 
 
 @triton.jit
@@ -220,6 +346,7 @@ def _fake_quant_kernel(
     N_LUT: tl.constexpr,
     DIVISOR: tl.constexpr,
     EMAX_ELEM: tl.constexpr,
+    ESHIFT: tl.constexpr,
     MSE: tl.constexpr,
     WITH_SQNR: tl.constexpr,
     ROWS: tl.constexpr,
@@ -257,24 +384,38 @@ def _fake_quant_kernel(
             if SCALE == 1:
                 lo = tl.minimum(lo, tl.min(tl.where(fin, x, float("inf")), axis=1))
                 hi = tl.maximum(hi, tl.max(tl.where(fin, x, float("-inf")), axis=1))
-    s, zp = _scale_from_stats(amax, lo, hi, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM)
+    s, zp = _scale_from_stats(amax, lo, hi, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT)
 
     # Optional MSE clipping search: candidate i scales the statistics by clip_ptr[i].
     if MSE:
-        best = tl.full((ROWS,), float("inf"), tl.float32)
+        best = tl.full((ROWS,), float("inf"), tl.float64)
         for i in range(n_clip):
             r = tl.load(clip_ptr + i)
-            cs, czp = _scale_from_stats(amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM)
-            err = tl.zeros((ROWS,), tl.float32)
-            for c in range(NCHUNK):
-                cols = c0 + c * BLOCK_K + tl.arange(0, BLOCK_K)
-                m = rmask[:, None] & (cols < n_cols)[None, :] & (cols < c0 + span)[None, :]
-                x = tl.load(x_ptr + roff + cols[None, :], mask=m, other=0.0).to(tl.float32)
-                y = _quant_tile(
-                    x, cs[:, None], czp[:, None], mid_ptr, val_ptr, ELEM, QMIN, QMAX, MBITS, EMIN, MAXN, N_LUT
-                )
-                d = tl.where(m & (tl.abs(x) < float("inf")), x - y, 0.0)
-                err += tl.sum(d * d, axis=1)
+            cs, czp = _scale_from_stats(
+                amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT
+            )
+            err = _clip_err(
+                x_ptr,
+                roff,
+                rmask,
+                c0,
+                span,
+                n_cols,
+                cs,
+                czp,
+                mid_ptr,
+                val_ptr,
+                ELEM,
+                QMIN,
+                QMAX,
+                MBITS,
+                EMIN,
+                MAXN,
+                N_LUT,
+                ROWS,
+                BLOCK_K,
+                NCHUNK,
+            )
             better = err < best
             best = tl.where(better, err, best)
             s = tl.where(better, cs, s)
@@ -291,6 +432,8 @@ def _fake_quant_kernel(
         y = _quant_tile(
             x, s[:, None], zp[:, None], mid_ptr, val_ptr, ELEM, QMIN, QMAX, MBITS, EMIN, MAXN, N_LUT
         )
+        if xr.dtype == tl.bfloat16:
+            y = _bf16_rne(y)
         yo = y.to(xr.dtype)
         tl.store(y_ptr + roff + cols[None, :], yo, mask=m)
         if WITH_SQNR:

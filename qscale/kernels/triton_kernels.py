@@ -42,6 +42,10 @@ class TritonUnavailable(RuntimeError):
     """Triton cannot run here (not installed, or a CPU tensor without TRITON_INTERPRET=1)."""
 
 
+class TritonUnsupported(NotImplementedError, TypeError):
+    """An input the kernels do not take (e.g. float64): ``backend="auto"`` falls back to torch on it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelPlan:
     """Everything a kernel launch needs to know about a format, as plain numbers.
@@ -49,9 +53,11 @@ class KernelPlan:
     elem: "int" | "fp" | "lut";  scale: "absmax" | "minmax" | "e8m0" | "none".
     granularity: "tensor" | "channel" | "group";  group: the group / block size for "group".
     qmin, qmax: the integer grid (int);  mbits, emin, max_normal: the minifloat element (fp);
-    lut: the sorted grid (lut, in units of the scale, within [-1, 1]).
+    lut: the sorted grid (lut, in units of the scale);  thresholds: its len(lut)-1 decision boundaries
+    (default: midpoints in fp32); a value on a boundary goes to the upper point.
     divisor: absmax scales are ``absmax / divisor`` (qmax for int, max_normal for fp, max|grid| for lut).
-    emax_elem: E8M0 scales are ``2**(floor(log2(absmax)) - emax_elem)``.
+    emax_elem, eshift: E8M0 scales are ``2**(clamp(floor(log2(absmax)) - emax_elem, -127, 127) - eshift)``
+    (eshift = b - 2 folds MXINT's implicit element scale into the scale, leaving an integer grid).
     clip: MSE clipping ratios tried in order (first best wins), () for none.
 
     E.g. int4 symmetric per group of 128: elem="int", scale="absmax", granularity="group", group=128,
@@ -69,8 +75,10 @@ class KernelPlan:
     emin: int = 0
     max_normal: float = 0.0
     lut: tuple[float, ...] = ()
+    thresholds: tuple[float, ...] = ()
     divisor: float = 1.0
     emax_elem: int = 0
+    eshift: int = 0
     clip: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -84,6 +92,10 @@ class KernelPlan:
             raise ValueError(f"group granularity needs a positive group size, got {self.group}")
         if self.elem == "lut" and (len(self.lut) < 2 or list(self.lut) != sorted(self.lut)):
             raise ValueError("a LUT plan needs a sorted grid of at least two points")
+        if self.thresholds and len(self.thresholds) != len(self.lut) - 1:
+            raise ValueError(
+                f"{len(self.lut)} LUT points need {len(self.lut) - 1} thresholds, got {len(self.thresholds)}"
+            )
 
     def span(self, n_cols: int) -> int:
         """Columns sharing one scale in a row of n_cols (n_cols for per-channel and per-tensor)."""
@@ -117,9 +129,7 @@ def _check_input(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _DTYPES:
-        raise TypeError(f"triton fake quant takes float32/float16/bfloat16 tensors, got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError("triton fake quant needs at least one axis (scales run along the last axis)")
+        raise TritonUnsupported(f"triton fake quant takes float32/float16/bfloat16 tensors, got {x.dtype}")
     if x.device.type == "cpu" and not _interpreting():
         raise TritonUnavailable(
             "triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 set before triton is imported "
@@ -147,7 +157,10 @@ def _aux_tensors(plan: KernelPlan, device: torch.device) -> tuple[torch.Tensor, 
     """(midpoints, grid values, clip ratios) as fp32 device tensors (dummies of one element when unused)."""
     if plan.elem == "lut":
         vals = torch.tensor(plan.lut, dtype=torch.float32)
-        mids = (vals[:-1] + vals[1:]) * 0.5  # fp32, as the reference computes its thresholds
+        if plan.thresholds:
+            mids = torch.tensor(plan.thresholds, dtype=torch.float32)
+        else:
+            mids = (vals[:-1] + vals[1:]) * 0.5
     else:
         vals = mids = torch.zeros(1, dtype=torch.float32)
     clip = torch.tensor(plan.clip or (1.0,), dtype=torch.float32)
@@ -166,6 +179,7 @@ def _constexprs(plan: KernelPlan) -> dict[str, Any]:
         "N_LUT": max(len(plan.lut), 1),
         "DIVISOR": float(plan.divisor),
         "EMAX_ELEM": int(plan.emax_elem),
+        "ESHIFT": int(plan.eshift),
         "MSE": bool(plan.clip),
     }
 
@@ -178,15 +192,21 @@ def run_plan(
     tile_elems: int | None = None,
     max_block: int = 1024,
     num_warps: int | None = None,
-) -> tuple[torch.Tensor, float | None, float | None]:
-    """Launch the kernels of ``plan`` on x; returns (y, signal, noise) (sums None unless with_sqnr)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Launch the kernels of ``plan`` on x; returns (y, signal, noise).
+
+    signal and noise are 0-d float64 tensors on x's device (None unless with_sqnr).
+    """
     _check_input(x)
     jit = _jit()
-    n_cols = x.shape[-1]
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    shape = x.shape
+    dev = x.device
     if x.numel() == 0:
-        return y, (0.0 if with_sqnr else None), (0.0 if with_sqnr else None)
-    x2 = x.reshape(-1, n_cols).contiguous()
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        return x.clone(), (zero if with_sqnr else None), (zero.clone() if with_sqnr else None)
+    x2 = x.reshape(-1, shape[-1] if x.dim() else 1).contiguous()
+    n_cols = x2.shape[1]
+    y = torch.empty_like(x2)
     n_rows = x2.shape[0]
     if tile_elems is None:
         tile_elems = 8192 if _interpreting() else 4096
@@ -201,7 +221,6 @@ def run_plan(
     opts: dict[str, Any] = {"enable_fp_fusion": False}
     if num_warps is not None:
         opts["num_warps"] = num_warps
-    dev = x.device
     stats = torch.zeros(3, dtype=torch.float32, device=dev)
     if plan.granularity == "tensor" and plan.scale != "none":
         part = torch.empty((n_prog, 3), dtype=torch.float32, device=dev)
@@ -211,6 +230,33 @@ def run_plan(
         # max/min are exact in any order: the global statistics equal the reference's.
         stats = torch.stack([part[:, 0].max(), part[:, 1].min(), part[:, 2].max()])
     mids, vals, clip = _aux_tensors(plan, dev)
+    consts = _constexprs(plan)
+    if plan.granularity == "tensor" and plan.clip:
+        # Per-tensor MSE clipping: every program's float64 error per ratio, summed here (float64), first
+        # minimum wins (torch.argmin returns the first); the kept ratio rescales the global statistics.
+        errs = torch.empty((n_prog, len(plan.clip)), dtype=torch.float64, device=dev)
+        del consts["MSE"]
+        jit._clip_err_kernel[grid](
+            x2,
+            stats,
+            mids,
+            vals,
+            clip,
+            errs,
+            n_rows,
+            n_cols,
+            span,
+            n_spans,
+            len(plan.clip),
+            ROWS=rows_tile,
+            BLOCK_K=block_k,
+            NCHUNK=nchunk,
+            **consts,
+            **opts,
+        )
+        best = torch.argmin(errs.sum(dim=0))
+        stats = stats * clip[best]
+        consts["MSE"] = False
     sq = torch.empty((n_prog, 2) if with_sqnr else (1, 2), dtype=torch.float32, device=dev)
     jit._fake_quant_kernel[grid](
         x2,
@@ -230,35 +276,56 @@ def run_plan(
         ROWS=rows_tile,
         BLOCK_K=block_k,
         NCHUNK=nchunk,
-        **_constexprs(plan),
+        **consts,
         **opts,
     )
+    y = y.reshape(shape)
     if not with_sqnr:
         return y, None, None
     sums = sq.to(torch.float64).sum(dim=0)
-    return y, float(sums[0]), float(sums[1])
+    return y, sums[0], sums[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_cached(fmt: Any) -> KernelPlan:
+    from qscale.kernels import triton_plan
+
+    return triton_plan.plan_for_format(fmt)
 
 
 def plan_for(fmt: Any) -> KernelPlan:
     """Translate a qscale format into a KernelPlan (raises NotImplementedError naming what is missing)."""
     if isinstance(fmt, KernelPlan):
         return fmt
-    from qscale.kernels import triton_plan
+    return _plan_cached(fmt)
 
-    return triton_plan.plan_for_format(fmt)
+
+def _validated_plan(fmt: Any, x: torch.Tensor) -> KernelPlan:
+    plan = plan_for(fmt)
+    if not isinstance(fmt, KernelPlan) and x.dim() > 0:
+        fmt.scale_span(x.shape[-1])  # the format's own error when a group does not divide the last axis
+    return plan
 
 
 def fake_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
     """Fake-quantize x with fmt on the GPU (or the interpreter); bit-identical to the torch reference."""
-    y, _, _ = run_plan(plan_for(fmt), x)
+    y, _, _ = run_plan(_validated_plan(fmt, x), x)
     return y
 
 
-def fake_quant_triton_with_sqnr(fmt: Any, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """(y, signal, noise): y as fake_quant_triton, sums of x**2 and (x - y)**2 over finite x (fp64)."""
-    y, sig, noi = run_plan(plan_for(fmt), x, with_sqnr=True)
+def fake_quant_triton_with_sqnr(fmt: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, signal, noise): y as fake_quant_triton; sums of x**2 and (x - y)**2 over finite x.
+
+    signal and noise are 0-d float64 tensors on x's device (fp32 per-program partials, float64 total),
+    like :func:`qscale.kernels.reference.fake_quant_with_sqnr_reference` up to summation order.
+    """
+    y, sig, noi = run_plan(_validated_plan(fmt, x), x, with_sqnr=True)
     assert sig is not None and noi is not None
     return y, sig, noi
+
+
+#: The name :func:`qscale.kernels.fake_quant_with_sqnr` looks up for the fused path.
+fake_quant_with_sqnr_triton = fake_quant_triton_with_sqnr
 
 
 def act_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
@@ -267,7 +334,7 @@ def act_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
     Per-tensor and per-channel formats get one dynamic scale per token (row of the last axis);
     group and block formats (e.g. MXFP8) keep their groups along the hidden axis.
     """
-    plan = plan_for(fmt)
+    plan = _validated_plan(fmt, x)
     if plan.granularity == "tensor":
         plan = dataclasses.replace(plan, granularity="channel")
     y, _, _ = run_plan(plan, x)
