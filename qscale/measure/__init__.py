@@ -40,3 +40,4 @@ _reexport(
         "CurvatureError",
     ),
 )
+_reexport("qscale.measure.outliers", ("activation_stats", "outlier_report", "ActivationStats"))
