@@ -495,7 +495,9 @@ class LUTFormat(Format):
             "cbrt": f"{self.bits}-bit cube-root companding (Gong et al. 2024)",
             "grid": f"user grid of {len(self.levels)} levels",
         }[self.kind]
-        return f"{what}, absmax {_gran_words(self.granularity, self.group_size)}"
+        return f"{what}, absmax {_gran_words(self.granularity, self.group_size)}".replace(
+            "absmax one scale", "absmax scale"
+        )
 
 
 _FAMILIES: dict[str, type[Format]] = {"int": IntFormat, "fp": FloatFormat, "mx": MXFormat, "lut": LUTFormat}

@@ -49,20 +49,20 @@ def _fail(spec: str, why: str) -> FormatError:
 
 
 def _suggestion_pool() -> list[str]:
-    aliases = [
-        "int4",
-        "int8",
-        "int4-g128",
-        "int8-pt",
-        "fp8",
-        "fp8-e4m3",
-        "fp8-e5m2",
-        "fp4",
+    aliases = [f"int{b}" for b in range(2, 9)] + [f"mxint{b}" for b in range(2, 9)]
+    aliases += ["fp8", "fp8-e4m3", "fp8-e5m2", "fp6-e3m2", "fp6-e2m3", "fp4", "fp4-e2m1"]
+    aliases += [
         "mxfp4",
-        "mxint8",
+        "mxfp6-e3m2",
+        "mxfp6-e2m3",
+        "mxfp8-e4m3",
+        "mxfp8-e5m2",
+        "nf3",
         "nf4",
+        "cbrt3",
+        "cbrt4",
     ]
-    return list(list_formats()) + aliases + [*FORMAT_SETS]
+    return aliases + list(list_formats())
 
 
 def _granularity(tok: str) -> tuple[str, int] | None:

@@ -1,0 +1,81 @@
+"""``qscale formats``: the format catalogue as a table, or one spec described and validated."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+
+def _row(fmt: Any) -> dict[str, Any]:
+    return {
+        "spec": str(fmt),
+        "family": fmt.family,
+        "element_bits": fmt.element_bits,
+        "block": fmt.block,
+        "granularity": fmt.granularity,
+        "bits_per_element": fmt.bits_per_element,
+        "description": fmt.description,
+    }
+
+
+def formats(
+    spec: str = typer.Argument(
+        None, help="A format spec to describe and validate (e.g. int4-g128, mxfp4, nf4)."
+    ),
+    set_name: str = typer.Option(
+        None, "--set", help="List a named set instead (all, default, int, all-4bit, ...)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the format catalogue, or describe one format spec (canonical form, bits, grammar)."""
+    from qscale.formats import FORMAT_SETS, FormatError, format_set, get_format, list_formats
+
+    try:
+        if spec is not None:
+            fmt = get_format(spec)
+            info = _row(fmt) | {"input": spec, "dict": fmt.to_dict()}
+            if as_json:
+                typer.echo(json.dumps(info, indent=2))
+                return
+            typer.echo(f"{spec} -> {fmt}")
+            for key in ("family", "element_bits", "granularity", "block", "bits_per_element", "description"):
+                typer.echo(f"  {key:17s} {info[key]}")
+            return
+        fmts = format_set(set_name) if set_name else tuple(get_format(s) for s in list_formats())
+    except FormatError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    rows = [_row(f) for f in fmts]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"qscale formats ({set_name or 'catalogue'}: {len(rows)})")
+    for col in ("spec", "family", "elem bits", "block/group", "bits/elem", "description"):
+        table.add_column(col, justify="right" if col in ("elem bits", "block/group", "bits/elem") else "left")
+    for r in rows:
+        block = (
+            str(r["block"])
+            if r["block"]
+            else {"channel": "channel", "tensor": "tensor"}.get(r["granularity"], "-")
+        )
+        table.add_row(
+            r["spec"],
+            r["family"],
+            str(r["element_bits"]),
+            block,
+            f"{r['bits_per_element']:g}",
+            r["description"],
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"named sets: {', '.join(FORMAT_SETS)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qscale formats`` to the CLI."""
+    app.command("formats")(formats)
