@@ -64,4 +64,7 @@ def make_tiny_model(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2)
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two random tiny checkpoints of different widths."""
     root = tmp_path_factory.mktemp("tiny_models")
-    return [make_tiny_model(root / "tiny-a", seed=0, hidden=32), make_tiny_model(root / "tiny-b", seed=1, hidden=48)]
+    return [
+        make_tiny_model(root / "tiny-a", seed=0, hidden=32),
+        make_tiny_model(root / "tiny-b", seed=1, hidden=64),
+    ]
