@@ -214,6 +214,11 @@ def run_plan(
         span = min(n_cols, max_block)  # programs over column chunks; one scale for all of them
     else:
         span = plan.span(n_cols)
+        if span < n_cols and n_cols % span == 0:
+            # Groups that tile the row: view each group as a row of its own, so a program's
+            # (ROWS, span) tile is ROWS * span contiguous elements (coalesced even for 32-blocks).
+            x2 = x2.view(-1, span)
+            n_rows, n_cols = x2.shape
     rows_tile, block_k, nchunk = _tile(span, n_rows, tile_elems, max_block)
     n_spans = math.ceil(n_cols / span)
     grid = (math.ceil(n_rows / rows_tile), n_spans)
@@ -286,6 +291,80 @@ def run_plan(
     return y, sums[0], sums[1]
 
 
+#: (tile elements per program, num_warps) tried by :func:`autotune`; the first is the untuned default.
+TUNE_CANDIDATES: tuple[tuple[int, int], ...] = ((4096, 4), (2048, 4), (4096, 8), (8192, 8), (16384, 16))
+
+
+@dataclasses.dataclass
+class _TuneTable:
+    """Chosen (tile_elems, num_warps) per (plan, dtype, row length, size bucket, with_sqnr, device)."""
+
+    best: dict[tuple[Any, ...], tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+
+_TUNED = _TuneTable()
+
+
+def _tune_key(plan: KernelPlan, x: torch.Tensor, with_sqnr: bool) -> tuple[Any, ...]:
+    return (
+        plan,
+        x.dtype,
+        x.shape[-1] if x.dim() else 1,
+        max(x.numel(), 1).bit_length(),
+        with_sqnr,
+        str(x.device),
+    )
+
+
+def _time_once(fn: Any, device: torch.device, reps: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def autotune(
+    plan: KernelPlan,
+    x: torch.Tensor,
+    *,
+    with_sqnr: bool = False,
+    candidates: tuple[tuple[int, int], ...] = TUNE_CANDIDATES,
+    reps: int = 5,
+) -> tuple[int, int]:
+    """Time each (tile_elems, num_warps) candidate on x (after one compile/warmup run), remember and
+    return the fastest. Every candidate computes the same bits; only the speed differs."""
+    timings = []
+    for tile, warps in candidates:
+        run = functools.partial(run_plan, plan, x, with_sqnr=with_sqnr, tile_elems=tile, num_warps=warps)
+        run()
+        timings.append((_time_once(run, x.device, reps), (tile, warps)))
+    best = min(timings, key=lambda t: t[0])[1]
+    _TUNED.best[_tune_key(plan, x, with_sqnr)] = best
+    return best
+
+
+def _launch(plan: KernelPlan, x: torch.Tensor, with_sqnr: bool) -> tuple[Any, Any, Any]:
+    """run_plan with the tuned config on CUDA (tuned on first use of a key; QSCALE_TRITON_AUTOTUNE=0 off)."""
+    if isinstance(x, torch.Tensor) and x.is_cuda and os.environ.get("QSCALE_TRITON_AUTOTUNE", "1") != "0":
+        _check_input(x)
+        cfg = _TUNED.best.get(_tune_key(plan, x, with_sqnr)) or autotune(plan, x, with_sqnr=with_sqnr)
+        return run_plan(plan, x, with_sqnr=with_sqnr, tile_elems=cfg[0], num_warps=cfg[1])
+    return run_plan(plan, x, with_sqnr=with_sqnr)
+
+
 @functools.lru_cache(maxsize=256)
 def _plan_cached(fmt: Any) -> KernelPlan:
     from qscale.kernels import triton_plan
@@ -309,7 +388,7 @@ def _validated_plan(fmt: Any, x: torch.Tensor) -> KernelPlan:
 
 def fake_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
     """Fake-quantize x with fmt on the GPU (or the interpreter); bit-identical to the torch reference."""
-    y, _, _ = run_plan(_validated_plan(fmt, x), x)
+    y, _, _ = _launch(_validated_plan(fmt, x), x, False)
     return y
 
 
@@ -319,7 +398,7 @@ def fake_quant_triton_with_sqnr(fmt: Any, x: torch.Tensor) -> tuple[torch.Tensor
     signal and noise are 0-d float64 tensors on x's device (fp32 per-program partials, float64 total),
     like :func:`qscale.kernels.reference.fake_quant_with_sqnr_reference` up to summation order.
     """
-    y, sig, noi = run_plan(_validated_plan(fmt, x), x, with_sqnr=True)
+    y, sig, noi = _launch(_validated_plan(fmt, x), x, True)
     assert sig is not None and noi is not None
     return y, sig, noi
 
@@ -337,5 +416,5 @@ def act_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:
     plan = _validated_plan(fmt, x)
     if plan.granularity == "tensor":
         plan = dataclasses.replace(plan, granularity="channel")
-    y, _, _ = run_plan(plan, x)
+    y, _, _ = _launch(plan, x, False)
     return y

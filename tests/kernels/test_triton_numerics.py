@@ -267,3 +267,19 @@ def test_errors_name_the_problem(monkeypatch):
 
 def test_next_pow2():
     assert [triton_next_pow2(n) for n in (1, 2, 3, 100, 128, 129)] == [1, 2, 4, 128, 128, 256]
+
+
+def test_autotune_candidates_agree_and_best_is_remembered():
+    """Every (tile, num_warps) candidate gives the same bits; autotune returns and caches one of them."""
+    from qscale.kernels.triton_kernels import _TUNED, _tune_key, autotune
+
+    plan = KernelPlan("fp", "e8m0", "group", 32, mbits=1, emin=0, max_normal=6.0, emax_elem=2)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 128, generator=gen)
+    cands = ((64, 1), (512, 2), (4096, 4))
+    outs = [run_plan(plan, x, tile_elems=t, num_warps=w)[0] for t, w in cands]
+    for y in outs[1:]:
+        assert_bits_equal(outs[0], y)
+    best = autotune(plan, x, candidates=cands, reps=1)
+    assert best in cands
+    assert _TUNED.best[_tune_key(plan, x, False)] == best
