@@ -162,7 +162,7 @@ def apply_params(fmt: Format, x: torch.Tensor, p: QParams) -> torch.Tensor:
     if isinstance(fmt, LUTFormat):
         levels, bounds = lut_tables(fmt, x.device)
         y = x / p.scale
-        idx = torch.bucketize(y, bounds, right=True)
+        idx = torch.bucketize(y.contiguous(), bounds, right=True)
         q = levels[idx] * p.scale
         return torch.where(torch.isnan(y), y, q)
     raise TypeError(f"no reference kernel for {type(fmt).__name__}")
