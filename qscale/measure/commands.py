@@ -1,0 +1,165 @@
+"""``qscale eval``: NLL / perplexity / bits-per-byte of a model, and with ``--format`` the loss from RTN.
+
+Example (2-core CPU)::
+
+    qscale eval --model zoo:llama-s --corpus enwiki_gensim --protocol stride --seq-len 64 --max-tokens 4096
+    qscale eval --model zoo:llama-s --format int4-g32 --json
+
+With ``--format`` the float model runs once (its log-probs cached for KL, see
+:func:`qscale.measure.eval.reference_outputs`), then the RTN-quantized model runs on the same windows;
+the float baseline, the quantized result and their deltas are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import typer
+
+
+def _float_from_reference(ref: Any, windows: Any) -> dict[str, Any]:
+    """The float model's metrics, from the reference cache (no second float pass)."""
+    nll = ref.nll
+    return {
+        "nll": nll,
+        "ppl": math.exp(nll),
+        "bpb": nll * windows.n_scored / math.log(2) / windows.n_bytes if windows.n_bytes else float("nan"),
+        **windows.describe(),
+    }
+
+
+def eval_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file."
+    ),
+    format: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="Also evaluate this format with RTN (e.g. int4-g128; see `qscale formats`).",
+    ),
+    corpus: str = typer.Option("enwiki_gensim", "--corpus", "-c", help="Corpus name or a .txt file."),
+    split: str = typer.Option("test", "--split", help="train | validation | test."),
+    protocol: str = typer.Option("stride", "--protocol", "-p", help="stride (GPTQ) | rolling (lm-eval)."),
+    seq_len: int = typer.Option(256, "--seq-len", "-L", help="Window length in tokens (BOS included)."),
+    stride: int | None = typer.Option(None, "--stride", help="Rolling stride (default seq_len/2)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Use only the first N stream tokens."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 (log-softmax is always fp32)."),
+    top_k: str = typer.Option(
+        "auto",
+        "--top-k",
+        help="Float log-probs kept for KL: auto | exact | an integer (see qscale.measure.eval).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Evaluate MODEL on a corpus split (nll, ppl, bits/byte); with --format also the RTN-quantized model."""
+    from qscale.corpora.text import CorpusError
+    from qscale.corpora.windows import WindowError, get_windows
+    from qscale.measure.eval import _parse_dtype, evaluate_windows, reference_outputs
+
+    try:
+        torch_dtype = _parse_dtype(dtype)
+        k: Any = {"auto": "auto", "exact": None}.get(top_k)
+        if k is None and top_k != "exact":
+            if not top_k.isdigit() or int(top_k) < 1:
+                raise ValueError(f"--top-k must be auto, exact or a positive integer, got {top_k!r}.")
+            k = int(top_k)
+        fmt = None
+        if format is not None:
+            from qscale.formats import get_format
+
+            fmt = get_format(format)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+
+    from qscale.lm import load
+
+    lm = load(model, dtype=torch_dtype, device=device)
+    try:
+        windows = get_windows(
+            lm.tokenizer,
+            corpus=corpus,
+            split=split,
+            protocol=protocol,
+            seq_len=seq_len,
+            stride=stride,
+            max_tokens=max_tokens,
+        )
+    except (WindowError, CorpusError) as err:
+        raise typer.BadParameter(str(err)) from err
+
+    show = not as_json
+    if fmt is None:
+        result = {"model": model, **evaluate_windows(lm.model, windows, batch_size=batch_size, progress=show)}
+        _print(result, None, None, as_json)
+        return
+
+    from qscale.quantize import quantized
+
+    ref = reference_outputs(lm.model, windows, top_k=k, batch_size=batch_size, progress=show)
+    base = _float_from_reference(ref, windows)
+    from qscale.formats import FormatError
+
+    try:
+        with quantized(lm.model, fmt, method="rtn") as info:
+            q = evaluate_windows(lm.model, windows, reference=ref, batch_size=batch_size, progress=show)
+    except FormatError as err:  # e.g. a group size that does not divide this model's layers
+        raise typer.BadParameter(f"--format {fmt}: {err}") from err
+    out = {
+        "model": model,
+        "format": str(fmt),
+        "method": "rtn",
+        "bits_per_element": fmt.bits_per_element,
+        "sqnr_db": info.get("sqnr_db"),
+        "float": base,
+        "quantized": q,
+        "delta": {key: q[key] - base[key] for key in ("nll", "ppl", "bpb")},
+        "kld": q["kld"],
+        "top1_agreement": q["top1_agreement"],
+        "kld_top_k": q["kld_top_k"],
+    }
+    _print(out, base, q, as_json)
+
+
+def _print(result: dict, base: dict | None, q: dict | None, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rec = q if q is not None else result
+    title = (
+        f"{result['model']}  {rec['corpus']}/{rec['split']}  protocol={rec['protocol']}  "
+        f"seq_len={rec['seq_len']}  {rec['n_tokens']} tokens  {rec['n_bytes']} bytes"
+    )
+    table = Table(title=title)
+    if base is None:
+        for col in ("nll (nats/token)", "ppl", "bits/byte"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{result['nll']:.4f}", f"{result['ppl']:.3f}", f"{result['bpb']:.4f}")
+        console.print(table)
+        return
+    table.add_column("")
+    for col in ("nll (nats/token)", "ppl", "bits/byte"):
+        table.add_column(col, justify="right")
+    table.add_row("float", f"{base['nll']:.4f}", f"{base['ppl']:.3f}", f"{base['bpb']:.4f}")
+    table.add_row(result["format"], f"{q['nll']:.4f}", f"{q['ppl']:.3f}", f"{q['bpb']:.4f}")
+    d = result["delta"]
+    table.add_row("delta", f"{d['nll']:+.4f}", f"{d['ppl']:+.3f}", f"{d['bpb']:+.4f}")
+    console.print(table)
+    exact = "exact" if result["kld_top_k"] is None else f"top-{result['kld_top_k']} + rest"
+    console.print(
+        f"KL(float || {result['format']}) = [bold]{result['kld']:.5f}[/bold] nats/token ({exact}),  "
+        f"top-1 agreement = [bold]{result['top1_agreement']:.4f}[/bold]"
+        + (f",  weight SQNR = {result['sqnr_db']:.2f} dB" if result.get("sqnr_db") is not None else "")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
