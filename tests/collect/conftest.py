@@ -17,7 +17,7 @@ def _train_tokenizer(out: Path) -> int:
 
     from qscale.corpora import read_split
 
-    text = read_split("enwiki_gensim", "train")[:20]
+    text = read_split("enwiki_gensim", "train")[:4]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -35,13 +35,25 @@ def _train_tokenizer(out: Path) -> int:
     return len(fast)
 
 
-def make_tiny_model(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A random Llama checkpoint (hidden ``hidden``, ``layers`` blocks) with its tokenizer, in ``out``."""
+def make_tiny_model(
+    out: Path, seed: int = 0, hidden: int = 32, layers: int = 2, tokenizer_from: Path | None = None
+) -> Path:
+    """A random Llama checkpoint (hidden ``hidden``, ``layers`` blocks) with its tokenizer, in ``out``.
+
+    ``tokenizer_from``: copy that checkpoint's tokenizer instead of training one.
+    """
+    import shutil
+
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
-    vocab = _train_tokenizer(out)
+    if tokenizer_from is None:
+        vocab = _train_tokenizer(out)
+    else:
+        for f in tokenizer_from.glob("*token*"):
+            shutil.copy(f, out / f.name)
+        vocab = len(AutoTokenizer.from_pretrained(str(out)))
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab,
@@ -64,7 +76,5 @@ def make_tiny_model(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2)
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two random tiny checkpoints of different widths."""
     root = tmp_path_factory.mktemp("tiny_models")
-    return [
-        make_tiny_model(root / "tiny-a", seed=0, hidden=32),
-        make_tiny_model(root / "tiny-b", seed=1, hidden=64),
-    ]
+    a = make_tiny_model(root / "tiny-a", seed=0, hidden=32)
+    return [a, make_tiny_model(root / "tiny-b", seed=1, hidden=64, tokenizer_from=a)]
