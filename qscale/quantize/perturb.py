@@ -28,7 +28,7 @@ and its activation noise from one seeded ``seed + 7919*i + 104729`` (consumed ca
 is reproducible on any device. All are recorded in the info dict.
 
 Method ``cbrt``: the cube-root companding quantizer as a first-class method: ``config="w4"`` quantizes weights with
-``cbrt4-g128``; ``config="w8a8"`` quantizes weights with ``cbrt8-pc`` and activations with ``cbrt8-pc`` dynamic
+``cbrt4-g<group>`` (``group=128`` by default); ``config="w8a8"`` quantizes weights with ``cbrt8-pc`` and activations with ``cbrt8-pc`` dynamic
 per token.
 """
 
@@ -53,7 +53,7 @@ __all__ = ["CBRT", "NOISES", "MODES", "TARGETS", "Perturb", "perturb_tensor", "r
 NOISES = ("gaussian", "uniform", "rademacher")
 MODES = ("independent", "aware", "clip")
 TARGETS = ("w", "a", "wa")
-CBRT_CONFIGS = {"w4": ("cbrt4-g128", None), "w8a8": ("cbrt8-pc", "cbrt8-pc")}
+CBRT_CONFIGS = {"w4": ("cbrt4-g{group}", None), "w8a8": ("cbrt8-pc", "cbrt8-pc")}
 
 
 def raw_noise(shape: Sequence[int], noise: str, generator: torch.Generator) -> torch.Tensor:
@@ -212,17 +212,19 @@ def _activation_hook(seed: int, kw: dict[str, Any]):
 
 @register_method("cbrt", "cube-root")
 class CBRT(Method):
-    """Cube-root companding quantization (Gong et al. 2024): ``config`` w4 (weights cbrt4-g128) or w8a8."""
+    """Cube-root companding quantization (Gong et al. 2024): ``config`` w4 (weights cbrt4-g<group>, group 128 by
+    default) or w8a8 (cbrt8-pc weights, cbrt8-pc per-token activations)."""
 
     description = (
         "cube-root companding quantizer: W4 (cbrt4-g128) or W8A8 (cbrt8 weights + per-token activations)"
     )
     needs_format = False
-    defaults: dict[str, Any] = {"config": "w4", "w_method": "rtn", "batch_size": 8}
+    defaults: dict[str, Any] = {"config": "w4", "group": 128, "w_method": "rtn", "batch_size": 8}
 
     def apply(self, ctx: MethodContext) -> dict[str, Any]:
         config = _choice(ctx.params["config"], tuple(CBRT_CONFIGS), "config")
         w, a = CBRT_CONFIGS[config]
+        w = w.format(group=int(ctx.params["group"]))
         info = apply_weight_activation(
             ctx,
             {"w": w, "a": a, "a_scale": "dynamic", **{k: ctx.params[k] for k in ("w_method", "batch_size")}},
