@@ -1,0 +1,123 @@
+"""Load the fitting data (zoo run store or public tables), compare estimators by grouped CV, ship a law."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from qscale.laws.artifacts import MODELS_DIR, Law, data_hash, save_law
+from qscale.laws.cv import compare, cross_validate, group_column
+from qscale.laws.estimators import LawError
+from qscale.laws.features import zoo_table
+from qscale.laws.registry import make_estimator
+
+#: CV schemes reported by default for each kind of data.
+DEFAULT_SCHEMES = {"zoo": ("family", "size"), "public": ("table", "size", "family")}
+
+
+@dataclass(frozen=True)
+class FitData:
+    kind: str
+    frame: pd.DataFrame
+    source: str
+
+
+def load_runs(path: str | Path) -> pd.DataFrame:
+    """The run-store frame from ``data/runs.sqlite`` (via qscale.collect) or a parquet/CSV export."""
+    p = Path(path)
+    if not p.exists():
+        raise LawError(f"run store not found: {p}")
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if p.suffix == ".csv":
+        return pd.read_csv(p)
+    from qscale.collect.store import RunStore
+
+    return RunStore(p).to_frame()
+
+
+def load_fit_data(
+    runs: str | Path | None = None, public: bool = False, public_csv: str | Path | None = None
+) -> FitData:
+    """Exactly one of ``runs`` (zoo run store) or ``public``."""
+    if (runs is None) == (not public):
+        raise LawError("give exactly one data source: --runs STORE or --public")
+    if public:
+        from qscale.laws.public import DEFAULT_PUBLIC_CSV, public_fit_frame
+
+        src = Path(public_csv) if public_csv else DEFAULT_PUBLIC_CSV
+        return FitData("public", public_fit_frame(src), str(src))
+    frame = zoo_table(load_runs(runs))
+    if frame.empty:
+        raise LawError(f"{runs}: no finished runs with a finite dnll")
+    return FitData("zoo", frame, str(runs))
+
+
+def compare_estimators(
+    data: FitData, names: list[str], schemes: tuple[str, ...] | None = None, alpha: float = 0.1
+) -> pd.DataFrame:
+    """CV scores of every named preset under every scheme (rows: estimator x scheme)."""
+    schemes = schemes or DEFAULT_SCHEMES[data.kind]
+    ests = {n: make_estimator(n, data.kind, data.frame) for n in names}
+    tables = []
+    for s in schemes:
+        try:
+            group_column(data.frame, s)
+        except LawError:
+            continue
+        tables.append(compare(ests, data.frame, s, alpha=alpha))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def choose(scores: pd.DataFrame, scheme: str) -> str:
+    """The preset with the lowest CV MAE under ``scheme`` (excluding unfitted published baselines)."""
+    sub = scores[(scores["scheme"] == scheme) & scores["mae"].notna()] if "mae" in scores else scores.iloc[:0]
+    if sub.empty:
+        raise LawError(f"no estimator could be scored under CV scheme '{scheme}'")
+    return str(sub.sort_values("mae").iloc[0]["estimator"])
+
+
+def fit_law(
+    data: FitData,
+    preset: str,
+    name: str,
+    scheme: str | None = None,
+    scores: pd.DataFrame | None = None,
+    models_dir: str | Path | None = None,
+    save: bool = True,
+) -> Law:
+    """Fit ``preset`` on all rows (conformal calibration grouped by the CV scheme's column) and save it."""
+    scheme = scheme or DEFAULT_SCHEMES[data.kind][0]
+    est = make_estimator(preset, data.kind, data.frame)
+    gcol = group_column(data.frame, scheme)
+    est.fit(data.frame, groups=data.frame[gcol].to_numpy())
+    if scores is None:
+        res = cross_validate(make_estimator(preset, data.kind, data.frame), data.frame, scheme)
+        cv = {scheme: res.scores}
+    else:
+        sub = scores[scores["estimator"] == preset]
+        cv = {
+            str(r["scheme"]): {
+                k: r[k] for k in r.index if k not in ("estimator", "scheme", "note") and pd.notna(r[k])
+            }
+            for _, r in sub.iterrows()
+        }
+    cols = [c for c in (*est.features_, est.target, gcol) if c in data.frame.columns]
+    used = data.frame[cols]
+    law = Law(
+        name=name,
+        estimator=est,
+        kind=data.kind,
+        preset=preset,
+        data_hash=data_hash(used),
+        n_rows=int(est.n_train_),
+        source=data.source,
+        cv=cv,
+        created=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    if save:
+        save_law(law, Path(models_dir or MODELS_DIR) / name)
+    return law
