@@ -300,9 +300,12 @@ class EvalWindows:
     def batches(self, batch_size: int, device: Any = None) -> list:
         """Per batch: (ids, flat_index, targets, offset) already on ``device`` (cached per device).
 
-        ``flat_index`` indexes the (B*(L-1)) flattened next-token positions that are scored,
-        ``targets`` are the scored token ids in the same order, ``offset`` is the index of the
-        batch's first scored token in the window-major order of all scored tokens.
+        ``flat_index`` indexes the rows of the batch's logits flattened to (B*L, V) whose
+        prediction is scored (row ``b*L + j-1`` predicts token ``j``), so selecting them needs no
+        copy of the full logits; ``targets`` are the scored token ids in the same order, ``offset``
+        is the index of the batch's first scored token in the window-major order of all scored
+        tokens. Everything is moved to the device here, once, so the evaluation loop never waits
+        on the host.
         """
         import torch
 
@@ -315,20 +318,15 @@ class EvalWindows:
             return cached
         out = []
         per_window = self.score_mask.sum(dim=1)
+        # predicts[b, j]: the logits at position j are scored (they predict token j+1)
+        predicts = torch.zeros_like(self.score_mask)
+        predicts[:, :-1] = self.score_mask[:, 1:]
         offset = 0
         for start in range(0, self.n_windows, batch_size):
             ids = self.input_ids[start : start + batch_size]
-            mask = self.score_mask[start : start + batch_size, 1:]
-            flat = mask.reshape(-1).nonzero().squeeze(1)
-            targets = ids[:, 1:][mask]
-            out.append(
-                (
-                    ids.to(dev),
-                    flat.to(dev),
-                    targets.to(dev),
-                    offset,
-                )
-            )
+            flat = predicts[start : start + batch_size].reshape(-1).nonzero().squeeze(1)
+            targets = ids[self.score_mask[start : start + batch_size]]
+            out.append((ids.to(dev), flat.to(dev), targets.to(dev), offset))
             offset += int(per_window[start : start + batch_size].sum())
         self._device_cache.clear()  # keep one plan: windows are reused for many formats
         self._device_cache[key] = out

@@ -276,7 +276,7 @@ def reference_outputs(
             if vocab is None or k == "unknown" or logits.shape[-1] != vocab:
                 vocab = int(logits.shape[-1])
                 k = _resolve_top_k(top_k, n, vocab, max_bytes)
-            lp = logits[:, :-1].reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            lp = logits.reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
             parts["target"].append(lp.gather(1, targets[:, None]).squeeze(1))
             parts["argmax"].append(lp.argmax(-1))
             if k is None:
@@ -365,7 +365,7 @@ def evaluate_windows(
         for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "eval"):
             logits = forward(ids)
             vocab = logits.shape[-1]
-            lq = logits[:, :-1].reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            lq = logits.reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
             acc[0] -= lq.gather(1, targets[:, None]).sum(dtype=torch.float64)
             if ref_cache is not None:
                 if reference.vocab_size != vocab:
@@ -376,7 +376,7 @@ def evaluate_windows(
                 acc[3] -= ref_cache["target_logp"][sl].sum(dtype=torch.float64)
             elif ref_forward is not None:
                 rlogits = ref_forward(ids.to(ref_dev))
-                lp = rlogits[:, :-1].reshape(-1, vocab).index_select(0, flat.to(ref_dev)).float()
+                lp = rlogits.reshape(-1, vocab).index_select(0, flat.to(ref_dev)).float()
                 lp = lp.log_softmax(-1).to(dev)
                 acc[1] += (lp.exp() * (lp - lq)).sum(dtype=torch.float64)
                 acc[2] += (lq.argmax(-1) == lp.argmax(-1)).sum()
