@@ -312,6 +312,8 @@ class EvalWindows:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:0" share one plan
+            dev = torch.device("cuda", torch.cuda.current_device())
         key = (str(dev), int(batch_size))
         cached = self._device_cache.get(key)
         if cached is not None:

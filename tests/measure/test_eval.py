@@ -222,3 +222,60 @@ def test_bad_inputs(model, tok, docs):
         evaluate_windows(model, w, reference=3.0)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_windows(model, w, batch_size=0)
+
+
+class Bigram(torch.nn.Module):
+    """A plain module (no HF output object): logits depend only on the previous token."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.table = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)
+
+
+def test_plain_module_bigram_nll_by_hand(tok, docs):
+    m = Bigram(len(tok))
+    w = windows_from_documents(tok, docs, "stride", 16)
+    table = m.table.weight.double().log_softmax(-1)
+    ids = w.input_ids
+    logp = table[ids[:, :-1], ids[:, 1:]]  # log p(t_j | t_{j-1})
+    nll = -logp[w.score_mask[:, 1:]].sum().item() / w.n_scored
+    assert evaluate_windows(m, w)["nll"] == pytest.approx(nll, rel=1e-6)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_matches_cpu_and_does_not_sync_per_batch(model, perturbed, tok, docs):
+    import warnings
+
+    w = windows_from_documents(tok, docs, "rolling", 32)
+    cpu = evaluate_windows(perturbed, w, reference=model)
+    g, gp = copy.deepcopy(model).cuda(), copy.deepcopy(perturbed).cuda()
+    ref = reference_outputs(g, w)
+    res = evaluate_windows(gp, w, reference=ref)
+    assert res["device"].startswith("cuda")
+    for key in ("nll", "kld", "top1_agreement"):
+        assert res[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-6)
+    bf = evaluate_windows(copy.deepcopy(perturbed).cuda(), w, dtype="bf16", reference=ref)
+    assert bf["nll"] == pytest.approx(cpu["nll"], rel=2e-2)
+    # host syncs: a plain module (HF forwards may sync on their own) -> the count must not grow with batches
+    m = Bigram(len(tok)).cuda()
+    counts = []
+    for bs in (1, 64):
+        w.batches(bs, "cuda")  # transfers happen here, before the loop
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                evaluate_windows(m, w, batch_size=bs, progress=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(r.message) for r in rec))
+    assert w.n_windows > 8 and counts[0] == counts[1] <= 2
