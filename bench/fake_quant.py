@@ -30,7 +30,22 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_FORMATS = ("int4-g128", "int4", "int8", "fp8-e4m3", "fp8-e5m2", "mxfp4", "mxfp6", "mxfp8", "nf4")
+DEFAULT_FORMATS = (
+    "int4-g128",
+    "int4-pc",
+    "int8-pc",
+    "int4-g128-asym",
+    "int4-g128-mse",
+    "fp8-e4m3-pt",
+    "fp8-e5m2-pc",
+    "fp4-e2m1-g32",
+    "mxfp4-e2m1-b32",
+    "mxfp6-e3m2-b32",
+    "mxfp8-e4m3-b32",
+    "mxint8-b32",
+    "nf4-g64",
+    "cbrt4-g128",
+)
 GPU_SHAPES = ((4096, 4096), (4096, 14336), (8192, 28672))
 SMALL_SHAPES = ((256, 512), (512, 1024))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,10 +101,10 @@ def run(args: argparse.Namespace) -> str:
     rows: list[str] = []
     header = (
         "| format | shape | copy GB/s | torch eager GB/s | torch.compile GB/s | triton GB/s "
-        "| triton / copy | triton / compile |"
+        "| triton / copy | triton / compile | triton bits == torch |"
     )
     rows.append(header)
-    rows.append("|" + "---|" * 8)
+    rows.append("|" + "---|" * 9)
     for shape in shapes:
         x = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype, device=device)
         nbytes = 2 * x.numel() * x.element_size()
@@ -109,19 +124,23 @@ def run(args: argparse.Namespace) -> str:
                 t = _timer(device, lambda c=compiled, x=x: c(x), args.warmup, args.iters)
                 gbs["compile"] = nbytes / t / 1e9
             gbs["triton"] = None
+            same = "n/a"
             if use_triton:
                 t = _timer(device, lambda fmt=fmt, x=x: fake_quant_triton(fmt, x), args.warmup, args.iters)
                 gbs["triton"] = nbytes / t / 1e9
+                ref = fake_quant(fmt, x, backend="torch")
+                got = fake_quant_triton(fmt, x)
+                same = "yes" if torch.equal(ref, got) else "**NO**"  # values (+0 == -0); no NaN in x
 
             def cell(v: float | None) -> str:
-                return "n/a" if v is None else f"{v:.1f}"
+                return "n/a" if v is None else f"{v:.3g}"
 
             tri, comp = gbs["triton"], gbs["compile"]
             ratio_copy = f"{tri / gbs['copy']:.0%}" if tri else "n/a"
             ratio_comp = f"{tri / comp:.1f}x" if tri and comp else "n/a"
             line = (
                 f"| {fmt} | {shape[0]}x{shape[1]} | {cell(gbs['copy'])} | {cell(gbs['eager'])} "
-                f"| {cell(comp)} | {cell(tri)} | {ratio_copy} | {ratio_comp} |"
+                f"| {cell(comp)} | {cell(tri)} | {ratio_copy} | {ratio_comp} | {same} |"
             )
             rows.append(line)
             print(line, flush=True)

@@ -101,7 +101,10 @@ def _round_minifloat(v, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.conste
     a = tl.minimum(tl.abs(v), MAXN)  # also maps +inf to MAXN; NaN handled by the caller
     e = tl.maximum(_exponent(a), EMIN)
     k = e - MBITS
-    r = _rne(a * _pow2(-k)) * _pow2(k)
+    # |k| <= 17 for every element (EMIN - MBITS >= -17, e <= 15): both powers are normal fp32.
+    r = _rne(a * ((127 - k) << 23).to(tl.float32, bitcast=True)) * ((k + 127) << 23).to(
+        tl.float32, bitcast=True
+    )
     return tl.where(v < 0, -r, r)
 
 
@@ -129,7 +132,12 @@ def _scale_from_stats(
     EMAX_ELEM: tl.constexpr,
     ESHIFT: tl.constexpr,
 ):
-    """Per-row scale (and zero point, asymmetric only) from finite absmax (or min and max)."""
+    """Per-row (scale, zero point, 1/scale) from finite absmax (or min and max).
+
+    The zero point is nonzero for asymmetric int only; 1/scale is exact and used only for E8M0 scales
+    (2**-k with k the clamped exponent before ESHIFT: multiplying by it is exactly x / 2**k, faster).
+    """
+    inv = tl.full(amax.shape, 1.0, tl.float32)
     if SCALE == 0:
         s = tl.math.div_rn(amax, tl.full(amax.shape, DIVISOR, tl.float32))
         s = tl.where(s > 0, s, 1.0)
@@ -143,11 +151,12 @@ def _scale_from_stats(
     elif SCALE == 2:
         k = tl.minimum(tl.maximum(_exponent(amax) - EMAX_ELEM, -127), 127)
         s = _pow2(k - ESHIFT)
+        inv = _pow2(-k)
         zp = tl.zeros_like(s)
     else:
         s = tl.full(amax.shape, 1.0, tl.float32)
         zp = tl.zeros_like(s)
-    return s, zp
+    return s, zp, inv
 
 
 @triton.jit
@@ -155,9 +164,12 @@ def _quant_tile(
     x,
     s,
     zp,
+    inv,
     mid_ptr,
     val_ptr,
     ELEM: tl.constexpr,
+    SCALE: tl.constexpr,
+    ESHIFT: tl.constexpr,
     QMIN: tl.constexpr,
     QMAX: tl.constexpr,
     MBITS: tl.constexpr,
@@ -165,8 +177,19 @@ def _quant_tile(
     MAXN: tl.constexpr,
     N_LUT: tl.constexpr,
 ):
-    """Fake-quantize an fp32 tile x with per-row scale s[:, None] (and zero point zp[:, None])."""
-    v = tl.math.div_rn(x, s)
+    """Fake-quantize an fp32 tile x with per-row scale s[:, None] (zero point zp, inverse inv likewise).
+
+    x / s is an IEEE division (div_rn), except for E8M0 scales where x * 2**-k * 2**ESHIFT is the same
+    exact value, and for unscaled casts.
+    """
+    if SCALE == 2:
+        v = x * inv
+        if ESHIFT > 0:
+            v = v * (1 << ESHIFT)
+    elif SCALE == 3:
+        v = x
+    else:
+        v = tl.math.div_rn(x, s)
     if ELEM == 0:
         q = tl.minimum(tl.maximum(_rne(v) + zp, QMIN), QMAX)
         y = (q - zp) * s
@@ -190,12 +213,14 @@ def _clip_err(
     mid_ptr,
     val_ptr,
     ELEM: tl.constexpr,
+    SCALE: tl.constexpr,
     QMIN: tl.constexpr,
     QMAX: tl.constexpr,
     MBITS: tl.constexpr,
     EMIN: tl.constexpr,
     MAXN: tl.constexpr,
     N_LUT: tl.constexpr,
+    ESHIFT: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     NCHUNK: tl.constexpr,
@@ -211,7 +236,21 @@ def _clip_err(
         m = rmask[:, None] & (cols < n_cols)[None, :] & (cols < c0 + span)[None, :]
         x = tl.load(x_ptr + roff + cols[None, :], mask=m, other=0.0).to(tl.float32)
         y = _quant_tile(
-            x, cs[:, None], czp[:, None], mid_ptr, val_ptr, ELEM, QMIN, QMAX, MBITS, EMIN, MAXN, N_LUT
+            x,
+            cs[:, None],
+            czp[:, None],
+            cs[:, None],
+            mid_ptr,
+            val_ptr,
+            ELEM,
+            SCALE,
+            ESHIFT,
+            QMIN,
+            QMAX,
+            MBITS,
+            EMIN,
+            MAXN,
+            N_LUT,
         )
         d = tl.where(m & (tl.abs(x) < float("inf")), y.to(tl.float64) - x.to(tl.float64), 0.0)
         err += tl.sum(d * d, axis=1)
@@ -259,7 +298,9 @@ def _clip_err_kernel(
     pid = pid_r * n_spans + pid_s
     for i in range(n_clip):
         r = tl.load(clip_ptr + i)
-        cs, czp = _scale_from_stats(amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT)
+        cs, czp, _ = _scale_from_stats(
+            amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT
+        )
         err = _clip_err(
             x_ptr,
             roff,
@@ -272,12 +313,14 @@ def _clip_err_kernel(
             mid_ptr,
             val_ptr,
             ELEM,
+            SCALE,
             QMIN,
             QMAX,
             MBITS,
             EMIN,
             MAXN,
             N_LUT,
+            ESHIFT,
             ROWS,
             BLOCK_K,
             NCHUNK,
@@ -384,14 +427,14 @@ def _fake_quant_kernel(
             if SCALE == 1:
                 lo = tl.minimum(lo, tl.min(tl.where(fin, x, float("inf")), axis=1))
                 hi = tl.maximum(hi, tl.max(tl.where(fin, x, float("-inf")), axis=1))
-    s, zp = _scale_from_stats(amax, lo, hi, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT)
+    s, zp, inv = _scale_from_stats(amax, lo, hi, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT)
 
     # Optional MSE clipping search: candidate i scales the statistics by clip_ptr[i].
     if MSE:
         best = tl.full((ROWS,), float("inf"), tl.float64)
         for i in range(n_clip):
             r = tl.load(clip_ptr + i)
-            cs, czp = _scale_from_stats(
+            cs, czp, _ = _scale_from_stats(
                 amax * r, lo * r, hi * r, SCALE, QMIN, QMAX, DIVISOR, EMAX_ELEM, ESHIFT
             )
             err = _clip_err(
@@ -406,12 +449,14 @@ def _fake_quant_kernel(
                 mid_ptr,
                 val_ptr,
                 ELEM,
+                SCALE,
                 QMIN,
                 QMAX,
                 MBITS,
                 EMIN,
                 MAXN,
                 N_LUT,
+                ESHIFT,
                 ROWS,
                 BLOCK_K,
                 NCHUNK,
@@ -430,7 +475,21 @@ def _fake_quant_kernel(
         xr = tl.load(x_ptr + roff + cols[None, :], mask=m, other=0.0)
         x = xr.to(tl.float32)
         y = _quant_tile(
-            x, s[:, None], zp[:, None], mid_ptr, val_ptr, ELEM, QMIN, QMAX, MBITS, EMIN, MAXN, N_LUT
+            x,
+            s[:, None],
+            zp[:, None],
+            inv[:, None],
+            mid_ptr,
+            val_ptr,
+            ELEM,
+            SCALE,
+            ESHIFT,
+            QMIN,
+            QMAX,
+            MBITS,
+            EMIN,
+            MAXN,
+            N_LUT,
         )
         if xr.dtype == tl.bfloat16:
             y = _bf16_rne(y)
