@@ -9,7 +9,10 @@ has GPUs, so each model gets its own device.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from qscale.collect.spec import PlannedRun
@@ -18,10 +21,27 @@ from qscale.collect.spec import PlannedRun
 MAX_RETRIES = 2
 
 
+#: Fault injection for the retry test: when this variable names a directory, the first attempt of each
+#: model task kills its own worker process (``os._exit``), leaving a marker file there; Ray must retry it.
+FAULT_ENV = "QSCALE_TEST_KILL_WORKER_ONCE"
+
+
+def _maybe_die_once(model_ref: str) -> None:
+    fault_dir = os.environ.get(FAULT_ENV)
+    if not fault_dir:
+        return
+    marker = Path(fault_dir) / hashlib.sha256(model_ref.encode()).hexdigest()[:16]
+    if not marker.exists():
+        marker.write_text(model_ref)
+        os._exit(17)
+
+
 def _model_task(
     model_ref: str, runs: Sequence[PlannedRun], features: Sequence[str], skip: frozenset[str], device: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from qscale.collect.loop import collect_model
+
+    _maybe_die_once(model_ref)
 
     rows: list[dict[str, Any]] = []
     summary = collect_model(model_ref, runs, features, skip_keys=skip, on_row=rows.append, device=device)
