@@ -516,7 +516,7 @@ class SecondOrderLaw(ParametricLaw):
 
     A second-order Taylor expansion gives dnll ~ 1/2 * tr(H) * sigma_q^2 per parameter and
     sigma_q^2 = sigma_w^2 * 10^(-SQNR/10), so d = 1 and the curvature exponent a = 1 are the ideal values.
-    features: ("sqnr_db", "n_nonembed", *optional curvature features, e.g. "hessian_trace_per_param").
+    features: ("sqnr_db", "n_nonembed", *optional curvature features, e.g. "trace_per_param").
     theta = [log c, b, d, a_1, ...] on basis [1, -log N, -SQNR * ln10/10, log x_1, ...].
     """
 

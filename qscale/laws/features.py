@@ -38,11 +38,12 @@ _KNOWN = (
     FeatureInfo("sqnr_db", "dB", "none", "weight signal-to-quantization-noise ratio, 10 log10(S/N)"),
     FeatureInfo("fmt_family", "category", "cat", "int | fp | mx | lut"),
     FeatureInfo("method", "category", "cat", "quantization algorithm (rtn, gptq, ...)"),
-    FeatureInfo("hessian_trace", "nats", "log", "trace of the loss Hessian w.r.t. the weights"),
-    FeatureInfo("hessian_trace_per_param", "nats/param", "log", "Hessian trace / quantized parameters"),
-    FeatureInfo("hessian_top_eig", "nats", "log", "largest Hessian eigenvalue"),
-    FeatureInfo("kurtosis", "1", "log", "weight kurtosis (outlier measure)"),
-    FeatureInfo("max_abs_over_std", "1", "log", "max |w| / std(w) (outlier measure)"),
+    FeatureInfo("hessian_trace", "nats/token/param^2", "log", "Hutchinson trace of the loss Hessian"),
+    FeatureInfo("trace_per_param", "nats/token/param^2", "log", "Hessian trace / parameters"),
+    FeatureInfo("top_eig", "nats/token/param^2", "log", "largest Hessian eigenvalue"),
+    FeatureInfo("qdir_pred_dloss", "nats/token", "none", "second-order loss change along Q(W) - W"),
+    FeatureInfo("weight_stats_kurtosis_max", "1", "log", "max over layers of the weight kurtosis"),
+    FeatureInfo("weight_stats_max_over_std_max", "1", "log", "max over layers of max|w| / std(w)"),
 )
 
 FEATURES: dict[str, FeatureInfo] = {f.name: f for f in _KNOWN}
@@ -90,7 +91,7 @@ def zoo_table(frame: pd.DataFrame, ok_status: str = "ok") -> pd.DataFrame:
     """The law-fitting table from ``RunStore(path).to_frame()``: finished runs with a finite ``dnll``.
 
     Keeps the base columns, every other numeric feature column (landscape/outlier measurements), and the
-    target ``dnll``; adds ``group`` (= family) and ``size`` (= n_nonembed) for grouped CV.
+    target ``dnll``; adds ``group`` (= family) and ``size`` (rank of N within the family) for grouped CV.
     """
     needed = ["model", "family", "format", "dnll", "n_nonembed", "bits_per_element"]
     missing = [c for c in needed if c not in frame.columns]
@@ -114,5 +115,7 @@ def zoo_table(frame: pd.DataFrame, ok_status: str = "ok") -> pd.DataFrame:
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     out["group"] = out["family"].astype(str)
-    out["size"] = out["n_nonembed"].astype(float)
+    # size = rank of the model's N within its family (1 = smallest): leave-one-size-out then holds out
+    # e.g. every family's largest model at once ("extrapolate to the largest model")
+    out["size"] = out.groupby("family")["n_nonembed"].rank(method="dense").astype(int)
     return out.reset_index(drop=True)

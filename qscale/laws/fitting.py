@@ -23,6 +23,7 @@ class FitData:
     kind: str
     frame: pd.DataFrame
     source: str
+    target: str | None = None  # None: the kind's default (zoo: dnll, public: log_ppl_ratio)
 
 
 def load_runs(path: str | Path) -> pd.DataFrame:
@@ -40,20 +41,27 @@ def load_runs(path: str | Path) -> pd.DataFrame:
 
 
 def load_fit_data(
-    runs: str | Path | None = None, public: bool = False, public_csv: str | Path | None = None
+    runs: str | Path | None = None,
+    public: bool = False,
+    public_csv: str | Path | None = None,
+    target: str | None = None,
 ) -> FitData:
-    """Exactly one of ``runs`` (zoo run store) or ``public``."""
+    """Exactly one of ``runs`` (zoo run store) or ``public``; ``target`` overrides the default target."""
     if (runs is None) == (not public):
         raise LawError("give exactly one data source: --runs STORE or --public")
     if public:
         from qscale.laws.public import DEFAULT_PUBLIC_CSV, public_fit_frame
 
         src = Path(public_csv) if public_csv else DEFAULT_PUBLIC_CSV
-        return FitData("public", public_fit_frame(src), str(src))
-    frame = zoo_table(load_runs(runs))
-    if frame.empty:
-        raise LawError(f"{runs}: no finished runs with a finite dnll")
-    return FitData("zoo", frame, str(runs))
+        data = FitData("public", public_fit_frame(src), str(src), target)
+    else:
+        frame = zoo_table(load_runs(runs))
+        if frame.empty:
+            raise LawError(f"{runs}: no finished runs with a finite dnll")
+        data = FitData("zoo", frame, str(runs), target)
+    if target is not None and target not in data.frame.columns:
+        raise LawError(f"target '{target}' is not a column of the {data.kind} data")
+    return data
 
 
 def compare_estimators(
@@ -61,7 +69,7 @@ def compare_estimators(
 ) -> pd.DataFrame:
     """CV scores of every named preset under every scheme (rows: estimator x scheme)."""
     schemes = schemes or DEFAULT_SCHEMES[data.kind]
-    ests = {n: make_estimator(n, data.kind, data.frame) for n in names}
+    ests = {n: make_estimator(n, data.kind, data.frame, data.target) for n in names}
     tables = []
     for s in schemes:
         try:
@@ -73,10 +81,13 @@ def compare_estimators(
 
 
 def choose(scores: pd.DataFrame, scheme: str) -> str:
-    """The preset with the lowest CV MAE under ``scheme`` (excluding unfitted published baselines)."""
+    """The preset with the lowest CV MAE under ``scheme`` among those scored on all rows."""
     sub = scores[(scores["scheme"] == scheme) & scores["mae"].notna()] if "mae" in scores else scores.iloc[:0]
     if sub.empty:
         raise LawError(f"no estimator could be scored under CV scheme '{scheme}'")
+    # compare like with like: only estimators scored on the most rows (laws needing e.g. training tokens
+    # are scored on a subset and cannot predict for the other rows)
+    sub = sub[sub["n"] == sub["n"].max()]
     return str(sub.sort_values("mae").iloc[0]["estimator"])
 
 
@@ -91,11 +102,11 @@ def fit_law(
 ) -> Law:
     """Fit ``preset`` on all rows (conformal calibration grouped by the CV scheme's column) and save it."""
     scheme = scheme or DEFAULT_SCHEMES[data.kind][0]
-    est = make_estimator(preset, data.kind, data.frame)
+    est = make_estimator(preset, data.kind, data.frame, data.target)
     gcol = group_column(data.frame, scheme)
     est.fit(data.frame, groups=data.frame[gcol].to_numpy())
     if scores is None:
-        res = cross_validate(make_estimator(preset, data.kind, data.frame), data.frame, scheme)
+        res = cross_validate(make_estimator(preset, data.kind, data.frame, data.target), data.frame, scheme)
         cv = {scheme: res.scores}
     else:
         sub = scores[scores["estimator"] == preset]

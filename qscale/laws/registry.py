@@ -6,6 +6,7 @@ kind; ``estimator_names(kind)`` lists what exists; a typo gets "did you mean ...
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from qscale.laws.estimators import (
 KINDS = ("zoo", "public")
 
 #: Optional per-run measurements (landscape / outliers) used by the flexible models when present.
-ZOO_OPTIONAL = ("hessian_trace_per_param", "hessian_top_eig", "kurtosis", "max_abs_over_std", "float_nll")
+ZOO_OPTIONAL = (
+    "trace_per_param",
+    "top_eig",
+    "qdir_pred_dloss",
+    "weight_stats_kurtosis_max",
+    "weight_stats_max_over_std_max",
+    "float_nll",
+)
 
 
 @dataclass(frozen=True)
@@ -97,14 +105,14 @@ _PRESETS: dict[str, tuple[str, Factory]] = {
     "second-order": (
         "qscale: c N^-b 10^(-d SQNR/10) (x curvature^a when measured)",
         lambda k, f: SecondOrderLaw(
-            features=("sqnr_db", k.n, *_present(f, ("hessian_trace_per_param",))), **_common(k)
+            features=("sqnr_db", k.n, *_present(f, ("trace_per_param",))), **_common(k)
         ),
     ),
     "ols": (
         "statsmodels OLS on asinh-log damage",
         lambda k, f: OLSLaw(
             features=(
-                ("sqnr_db", k.n, k.bits, k.category, *_present(f, ("hessian_trace_per_param",)))
+                ("sqnr_db", k.n, k.bits, k.category, *_present(f, ("trace_per_param",)))
                 if k.name == "zoo"
                 else (k.n, k.bits, k.category)
             ),
@@ -165,10 +173,15 @@ def data_kind(kind: str) -> DataKind:
     return DATA_KINDS[kind]
 
 
-def make_estimator(name: str, kind: str = "zoo", frame: pd.DataFrame | None = None) -> LawEstimator:
-    """An unfitted estimator preset for a data kind; optional feature columns are taken from ``frame``."""
+def make_estimator(
+    name: str, kind: str = "zoo", frame: pd.DataFrame | None = None, target: str | None = None
+) -> LawEstimator:
+    """An unfitted estimator preset for a data kind; optional feature columns are taken from ``frame``;
+    ``target`` overrides the kind's default target column."""
     _check_name(name)
     k = data_kind(kind)
+    if target is not None:
+        k = dataclasses.replace(k, target=target)
     if kind == "public" and name in _NEEDS:
         raise LawError(f"estimator '{name}' needs {_NEEDS[name]}, which public tables do not have")
     return _PRESETS[name][1](k, frame)
