@@ -170,13 +170,13 @@ def apply_params(fmt: Format, x: torch.Tensor, p: QParams) -> torch.Tensor:
 
 def _mse_search(fmt: IntFormat, x: torch.Tensor, dim: int | None) -> QParams:
     """Per-group clip ratio minimising the float64 squared error over finite elements (first minimum wins)."""
-    fin = torch.isfinite(x)
-    xd = torch.where(fin, x, torch.zeros_like(x)).double()
+    xz = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # non-finite elements add no error
+    xd = xz.double()
     best: QParams | None = None
     best_err: torch.Tensor | None = None
     for r in MSE_CLIP_RATIOS:
-        p = _int_params(fmt, x, dim, r)
-        q = _apply_int(fmt, torch.where(fin, x, torch.zeros_like(x)), p)
+        p = _int_params(fmt, xz, dim, r)
+        q = _apply_int(fmt, xz, p)
         d2 = (q.double() - xd) ** 2
         err = d2.sum(dim=dim, keepdim=True) if dim is not None else d2.sum()
         if best is None or best_err is None:
