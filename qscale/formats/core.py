@@ -426,7 +426,8 @@ class LUTFormat(Format):
     * ``nf`` (NormalFloat, bits 2..8; nf4 = QLoRA's NF4): :func:`normal_float_levels`.
     * ``cbrt`` (bits 2..8): sign(y)|y|^(1/3) on a uniform symmetric grid of 2^b - 1 levels, cubed back.
     * ``grid``: user-given ``levels`` (spec ``lut[-1,-0.5,0,0.5,1]-g64``): strictly increasing, at least 2,
-      finite, not all zero; element bits = ceil(log2(len(levels))).
+      finite, not all zero; element bits = ceil(log2(len(levels))). Grids are given inline in the spec, so a
+      spec string is self-contained; there is deliberately no global registry of named grids.
     """
 
     kind: str
