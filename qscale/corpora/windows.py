@@ -55,6 +55,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -502,7 +503,11 @@ def read_documents(corpus: str, split: str) -> list[str]:
 
 def corpus_stream(tokenizer: Any, corpus: str, split: str, add_bos: bool | None = None) -> TokenStream:
     """The cached :class:`TokenStream` of ``corpus``/``split`` for ``tokenizer``."""
-    key = (tokenizer_identity(tokenizer), corpus, split, _bos_id(tokenizer, add_bos))
+    key: tuple = (tokenizer_identity(tokenizer), str(corpus), split, _bos_id(tokenizer, add_bos))
+    path = Path(str(corpus)).expanduser()
+    if path.suffix in (".txt", ".xz") and path.is_file():  # a user's file: an edit invalidates the entry
+        st = path.stat()
+        key += (str(path.resolve()), st.st_size, st.st_mtime_ns)
     stream = STREAM_CACHE.get(key)
     if stream is None:
         stream = tokenize_documents(tokenizer, read_documents(corpus, split), add_bos=add_bos)

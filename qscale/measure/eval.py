@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -125,6 +127,20 @@ def _forward_fn(model: Any):
         return out
 
     return run
+
+
+@contextmanager
+def _eval_mode(*models: Any) -> Iterator[None]:
+    """Dropout off while measuring; each module's train/eval flag is restored afterwards."""
+    modules = [m for m in models if hasattr(m, "train") and hasattr(m, "training")]
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.train(flag)
 
 
 def _progress(iterable: Any, progress: bool | None, desc: str) -> Any:
@@ -270,7 +286,7 @@ def reference_outputs(
     parts: dict[str, list] = {k: [] for k in ("logp", "index", "rest", "target", "argmax")}
     vocab = _vocab_hint(model)
     k = _resolve_top_k(top_k, n, vocab, max_bytes) if vocab is not None else "unknown"
-    with torch.inference_mode():
+    with torch.inference_mode(), _eval_mode(model):
         for ids, flat, targets, _ in _progress(windows.batches(batch_size, dev), progress, "reference"):
             logits = forward(ids)
             if vocab is None or k == "unknown" or logits.shape[-1] != vocab:
@@ -360,7 +376,7 @@ def evaluate_windows(
         ref_forward = _forward_fn(reference)
         ref_dev = _model_device(reference)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _eval_mode(model, reference):
         acc = torch.zeros(4, dtype=torch.float64, device=dev)  # nll, kl, top1, ref_nll sums
         for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "eval"):
             logits = forward(ids)

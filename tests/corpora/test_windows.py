@@ -265,3 +265,19 @@ def test_protocol_errors(tok_bos):
         windows_from_documents(tok_bos, "one string", "stride", 4)
     with pytest.raises(ValueError, match="lee_news"):
         get_windows(tok_bos, "lee_newz", "test")
+
+
+def test_user_text_file_corpus_and_cache_invalidation(tok_bos, tmp_path, monkeypatch):
+    f = tmp_path / "mine.txt"
+    docs = ["first document here.", "second one, with ünïcode.", "third and last document."]
+    f.write_text("\n\n".join(docs), encoding="utf-8")
+    split = read_split(str(f), "train")
+    w = get_windows(tok_bos, str(f), "train", "rolling", 8)
+    assert w.n_bytes == sum(len(d.encode("utf-8")) for d in split)
+    calls = []
+    monkeypatch.setattr(W, "read_documents", lambda corpus, split: calls.append(corpus) or docs)
+    get_windows(tok_bos, str(f), "train", "stride", 8)
+    assert calls == []  # cached
+    f.write_text("\n\n".join([*docs, "a fourth document"]), encoding="utf-8")  # new size: new key
+    w2 = get_windows(tok_bos, str(f), "train", "rolling", 8)
+    assert calls == [str(f)] and w2.n_bytes == sum(len(d.encode("utf-8")) for d in docs)

@@ -279,3 +279,14 @@ def test_cuda_matches_cpu_and_does_not_sync_per_batch(model, perturbed, tok, doc
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(r.message) for r in rec))
     assert w.n_windows > 8 and counts[0] == counts[1] <= 2
+
+
+def test_dropout_is_off_while_measuring_and_mode_restored(tok, docs):
+    m = _model(len(tok))
+    m.train()  # GPT-2 has dropout 0.1: a train-mode forward would be random
+    w = windows_from_documents(tok, docs, "stride", 32)
+    a = evaluate_windows(m, w)
+    b = evaluate_windows(m, w, reference=m)
+    assert m.training
+    assert a["nll"] == pytest.approx(evaluate_windows(m.eval(), w)["nll"], rel=1e-9)
+    assert b["kld"] == pytest.approx(0.0, abs=1e-9)
