@@ -1,0 +1,173 @@
+"""Load a causal LM with its tokenizer and facts: HF directories, zoo names and GGUF files.
+
+>>> lm = load("zoo:llama-s")                        # doctest: +SKIP
+>>> lm.facts.n_nonembed, lm.facts.identity          # doctest: +SKIP
+
+Sources, tried in this order:
+
+* ``"zoo:<name>"``: ``<zoo root>/<name>`` (root = ``zoo_root``, ``$QSCALE_ZOO_DIR`` or ``~/.cache/qscale/zoo``).
+  A model that has not been trained is an error telling you to run ``qscale zoo train``.
+* a path ending in ``.gguf``: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)``; transformers
+  dequantizes every tensor to the requested dtype (needs the ``gguf`` package). The weights then already sit on
+  the file's low-bit grid.
+* a local directory with ``config.json`` and ``*.safetensors`` or ``pytorch_model*.bin`` weights. A directory
+  with ``qscale_zoo.json`` is a zoo checkpoint: its facts carry ``train_tokens`` and the zoo identity.
+
+Identity of non-zoo checkpoints: ``"sha256:"`` + the first 16 hex digits of the SHA-256 over the weight files'
+bytes (sorted by name). It is computed while loading (about 1 s per GB) and memoised per process on
+(path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qscale.lm.facts import ModelFacts, model_facts
+
+ZOO_META = "qscale_zoo.json"
+
+
+class LoadError(ValueError):
+    """A model source that cannot be loaded, with the reason and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its tokenizer, its :class:`ModelFacts` and the name it was loaded by."""
+
+    model: Any
+    tokenizer: Any
+    facts: ModelFacts
+    name: str
+
+
+def default_zoo_root() -> Path:
+    """``$QSCALE_ZOO_DIR`` if set, else ``~/.cache/qscale/zoo``."""
+    env = os.environ.get("QSCALE_ZOO_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "qscale" / "zoo"
+
+
+def _weight_files(d: Path) -> list[Path]:
+    files = sorted(d.glob("*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+    return files
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_files(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):  # noqa: B023 - f is bound per iteration
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def weights_identity(files: list[Path]) -> str:
+    """``"sha256:<16 hex>"`` over the bytes of ``files`` in the given order."""
+    stats = [f.stat() for f in files]
+    return _sha256_files(tuple(str(f) for f in files), tuple((s.st_size, s.st_mtime_ns) for s in stats))
+
+
+def _zoo_identity(meta: dict[str, Any]) -> str:
+    return f"zoo:{meta['name']}@{meta['config_hash']}/{meta['seed']}"
+
+
+def resolve_zoo(name: str, zoo_root: str | Path | None = None) -> Path:
+    """Directory of zoo model ``name`` (without the ``zoo:`` prefix); error if it is not trained."""
+    root = Path(zoo_root).expanduser() if zoo_root is not None else default_zoo_root()
+    d = root / name
+    if (d / ZOO_META).is_file():
+        return d
+    from qscale.lm.zoo import zoo_names
+
+    known = zoo_names()
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise LoadError(f"unknown zoo model {name!r}.{hint} Valid choices: {', '.join(known)}.")
+    from qscale.lm.zoo import preset_of
+
+    raise LoadError(
+        f"zoo model {name!r} is not trained under {root}. "
+        f"Train it with `qscale zoo train --preset {preset_of(name)} --root {root}` "
+        "(or point $QSCALE_ZOO_DIR at a zoo that has it)."
+    )
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    dtype: Any = None,
+    device: str = "cpu",
+    attn_implementation: str = "eager",
+    zoo_root: str | Path | None = None,
+) -> LoadedModel:
+    """Load a causal LM for measurement: eval mode, on ``device``, in ``dtype`` (default float32).
+
+    ``attn_implementation="eager"`` keeps double backward (Hessian-vector products) possible.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32 if dtype is None else dtype
+    src = str(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    meta: dict[str, Any] | None = None
+    if src.startswith("zoo:"):
+        path = resolve_zoo(src[4:], zoo_root)
+        name = src
+    else:
+        path = Path(src).expanduser()
+        name = src
+        if not path.exists():
+            raise LoadError(
+                f"model {src!r} not found: give a local HF directory, a .gguf file or 'zoo:<name>' "
+                "(see `qscale zoo list`); nothing is downloaded from a hub"
+            )
+
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LoadError(f"{src!r} is a file but not a .gguf file; give a .gguf file or an HF directory")
+        try:
+            import gguf  # noqa: F401
+        except ImportError as err:
+            raise LoadError(
+                "loading .gguf files needs the `gguf` package: pip install 'qscale[gguf]'"
+            ) from err
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True
+        )
+        identity = weights_identity([path])
+    else:
+        if not (path / "config.json").is_file():
+            raise LoadError(f"{src!r} is a directory without config.json; not a transformers checkpoint")
+        files = _weight_files(path)
+        if not files:
+            raise LoadError(f"{src!r} has no *.safetensors or pytorch_model*.bin weight files")
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise LoadError(f"{src!r} has no usable tokenizer files: {err}") from err
+        if (path / ZOO_META).is_file():
+            meta = json.loads((path / ZOO_META).read_text())
+            identity = _zoo_identity(meta)
+        else:
+            identity = weights_identity(files)
+
+    model.to(device)
+    model.eval()
+    train_tokens = int(meta["train_tokens"]) if meta and meta.get("train_tokens") is not None else None
+    fact_name = f"zoo:{meta['name']}" if meta else name
+    facts = model_facts(model, name=fact_name, identity=identity, train_tokens=train_tokens)
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts, name=fact_name)
