@@ -1,0 +1,113 @@
+"""GPTQ end to end on a small *trained* model: dnll(GPTQ) < dnll(RTN) at 3 and 4 bits, and calibration on random
+tokens vs real text (Paglieri et al. 2024).
+
+The model: a 2-block Llama (d 64) trained here for 120 steps x 64 x 64 tokens on lee_news/train with a 512-token
+byte-level BPE trained on the same split (about 35 s on a loaded 2-core CPU). The repository has no ``tiny_zoo``
+fixture yet, and the zoo's tiny preset is both slower to build and less trained. Measured on that model (2-core CPU,
+96 x 64 validation tokens, 32 x 64 calibration tokens):
+
+==========  ======  ===========  ================
+format      RTN     GPTQ (text)  GPTQ (random ids)
+==========  ======  ===========  ================
+int4-g32    0.0075  0.0057       0.0013
+int3-g32    0.0324  0.0150       0.0183
+int4-pc     0.0110  0.0049       0.0079
+int3-pc     0.0474  0.0222       0.0244
+==========  ======  ===========  ================
+
+So GPTQ beats RTN everywhere, and random-token calibration is worse than text at 3 bits but not at int4-g32, where
+the differences are at the level of a few thousandths of a nat; the test asserts only the 3-bit comparison.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qscale.quantize import quantized
+
+EOT = "<|endoftext|>"
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from qscale.corpora import read_split
+
+    docs = read_split("lee_news", "train")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(docs, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    train = torch.tensor(tok(EOT.join(docs))["input_ids"])
+    val = torch.tensor(tok(EOT.join(read_split("lee_news", "validation")))["input_ids"])
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    model = tf.LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=8e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        starts = torch.randint(0, train.numel() - SEQ - 1, (64,), generator=g)
+        batch = torch.stack([train[s : s + SEQ + 1] for s in starts])
+        loss = model(batch[:, :-1], labels=batch[:, :-1]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    n = val.numel() // SEQ
+    held = val[: n * SEQ].reshape(n, SEQ)[:96]
+    starts = torch.randint(0, train.numel() - SEQ, (32,), generator=torch.Generator().manual_seed(1))
+    text_calib = torch.stack([train[s : s + SEQ] for s in starts])
+    random_calib = torch.randint(0, len(tok), (32, SEQ), generator=torch.Generator().manual_seed(2))
+    return model, held, text_calib, random_calib
+
+
+def _nll(model, held) -> float:
+    with torch.no_grad():
+        return float(model(held, labels=held).loss)
+
+
+@pytest.mark.slow
+def test_gptq_dnll_below_rtn_at_3_and_4_bits_and_calibration_sets(trained):
+    model, held, text_calib, random_calib = trained
+    base = _nll(model, held)
+    assert base < 4.2  # it learned something (uniform over 512 tokens is 6.24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = {}
+    for spec in ("int4-g32", "int3-g32", "int4", "int3"):
+        row = {}
+        with quantized(model, spec, method="rtn"):
+            row["rtn"] = _nll(model, held) - base
+        for name, calib in (("text", text_calib), ("random", random_calib)):
+            with quantized(model, spec, method="gptq", calib=calib) as info:
+                row[name] = _nll(model, held) - base
+            assert info["n_samples"] == 32 and info["seq_len"] == SEQ
+        res[spec] = row
+    for spec, row in res.items():
+        assert row["rtn"] > 0, (spec, row)
+        assert row["text"] < row["rtn"], (spec, row)
+    # random-token calibration is worse than real text at 3 bits (measured; not asserted at 4 bits, see docstring)
+    for spec in ("int3-g32", "int3"):
+        assert res[spec]["random"] > res[spec]["text"], (spec, res[spec])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
