@@ -16,6 +16,10 @@ batch's forward pass is shared by every HVP of one call. Requirements, checked w
   duration of the call (``model.set_attn_implementation``) and switched back afterwards; a model that cannot
   be switched is refused.
 
+torch.func is not used for the HVPs: on a tiny GPT-2 (torch 2.13, transformers 5.23) ``torch.func.hessian`` and
+``jacrev(jacrev)`` returned an asymmetric Hessian (off by 0.06 in entries of size 1.8) while double backward,
+``torch.autograd.functional.hessian`` and central finite differences of the gradient agreed to 1e-6.
+
 The model is put in eval mode (no dropout) for the call and its previous mode restored; weights are never
 changed (the radial profile and the measured loss change perturb them and restore them bit-exactly).
 

@@ -216,6 +216,22 @@ def test_trace_within_three_stderr_and_groups_add_up(case):
         assert abs(est.value - block) <= 3 * est.stderr + 1e-12, (g, est, block)
 
 
+def test_each_hutchinson_sample_is_exact_vhv(case):
+    """Rebuild the Rademacher vectors (same generator, same order) and check every sample against v^T H v."""
+    from qscale.measure.landscape import _generator, _rademacher
+
+    model, ids, names, sizes, _, hess = case
+    t = hessian_trace(model, ids, samples=5, seed=42, group_by="tensor")
+    gen = _generator(42)
+    params = [p for _, p in model.named_parameters()]
+    for row in t.tensor_samples:
+        v = torch.cat([_rademacher(p, gen).reshape(-1) for p in params])
+        assert set(v.unique().tolist()) == {-1.0, 1.0}
+        assert math.fsum(row) == pytest.approx(float(v @ hess @ v), rel=1e-10, abs=1e-10)
+        for (a, b), got in zip(_offsets(sizes), row, strict=True):
+            assert got == pytest.approx(float(v[a:b] @ hess[a:b] @ v), rel=1e-9, abs=1e-10)
+
+
 def test_trace_of_a_subset_and_determinism(case):
     model, ids, names, sizes, _, hess = case
     sub = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_proj.weight"]
