@@ -158,13 +158,16 @@ def runs_export(
     fmt: str = typer.Option(None, "--format", help="parquet | csv (default: from the --out suffix)."),
     store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
     status: str = typer.Option(None, "--status", help="Only runs with this status (ok | error)."),
+    detail: bool = typer.Option(
+        False, "--detail", help="Add bookkeeping columns (timings, settings, errors)."
+    ),
 ) -> None:
     """Export the flattened runs table (RunStore.to_frame) as parquet or csv."""
     from qscale.collect.store import RunStore, StoreError
 
     try:
         with RunStore(store, readonly=True) as st:
-            path = st.export(out, fmt, status)
+            path = st.export(out, fmt, status, detail=detail)
             n = len(st.to_frame(status))
     except StoreError as err:
         _fail(str(err))
