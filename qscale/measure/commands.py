@@ -92,7 +92,7 @@ def eval_cmd(
     except (WindowError, CorpusError) as err:
         raise typer.BadParameter(str(err)) from err
 
-    show = not as_json
+    show = None if not as_json else False  # tqdm on a terminal only
     if fmt is None:
         result = {"model": model, **evaluate_windows(lm.model, windows, batch_size=batch_size, progress=show)}
         _print(result, None, None, as_json)
