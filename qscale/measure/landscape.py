@@ -275,12 +275,6 @@ class _HVP:
         return out
 
 
-def _dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> float:
-    import torch
-
-    return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(xs, ys, strict=True)))
-
-
 def hvp(
     model: nn.Module,
     input_ids: torch.Tensor,
