@@ -41,3 +41,4 @@ _reexport(
     ),
 )
 _reexport("qscale.measure.outliers", ("activation_stats", "outlier_report", "ActivationStats"))
+_reexport("qscale.measure.weights", ("model_sqnr", "model_weight_stats", "sqnr_db", "weight_stats"))
