@@ -114,10 +114,12 @@ def _round_lut(v, mid_ptr, val_ptr, N_LUT: tl.constexpr):
 
     +-Inf land on the extreme points (saturation); the caller keeps NaN.
     """
-    idx = tl.zeros(v.shape, tl.int32)
+    # Thresholds ascend, so the last one <= v names the level: a select chain of scalar (uniform)
+    # loads instead of a per-element gather.
+    y = tl.zeros(v.shape, tl.float32) + tl.load(val_ptr)
     for i in tl.static_range(N_LUT - 1):
-        idx += (v >= tl.load(mid_ptr + i)).to(tl.int32)
-    return tl.load(val_ptr + idx)
+        y = tl.where(v >= tl.load(mid_ptr + i), tl.load(val_ptr + i + 1), y)
+    return y
 
 
 @triton.jit

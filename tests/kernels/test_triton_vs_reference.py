@@ -245,3 +245,28 @@ def test_cuda_bit_identical(spec):
     xb = (torch.randn(64, 4096, device="cuda") * 0.05).to(torch.bfloat16)
     assert_bits_equal(fake_quant_triton(fmt, xb), fake_quant_reference(fmt, xb))
     assert math.isfinite(float(fake_quant_triton_with_sqnr(fmt, xb)[2]))
+
+
+def test_ptx_for_h100_is_exact_and_vectorised():
+    """Compile (no GPU needed) for sm_90: IEEE division, no FMA contraction or flush-to-zero, 16-byte loads.
+
+    Runs in a subprocess without TRITON_INTERPRET (the interpreter replaces triton.jit in this process).
+    """
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "qscale.kernels.triton_ptx", "int4-g128", "mxfp4", "--dtype", "bf16"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        if "ptxas" in proc.stderr or "No such file" in proc.stderr:
+            pytest.skip(f"no NVIDIA toolchain to compile with: {proc.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(proc.stderr)
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["spec"] for r in reports] == ["int4-g128", "mxfp4-e2m1-b32"]
+    for r in reports:
+        assert not r["approx_div"] and not r["fma_f32"] and not r["ftz"], r
+        assert r["vector_loads"] > 0 and r["scalar_x_loads"] == 0, r
+    assert reports[0]["div_rn_f32"]  # x / scale is an IEEE division like torch's
+    assert not reports[1]["div_rn_f32"]  # E8M0 scales: exact multiplication by 2**-k, no division at all
