@@ -120,11 +120,14 @@ def collect_model(
     should_stop: Callable[[], bool] = lambda: False,
     device: str = "cpu",
     provenance: dict[str, Any] | None = None,
+    feature_calibration: CalibrationSpec | None = None,
 ) -> dict[str, Any]:
     """Measure ``runs`` (all of model ``model_ref``), calling ``on_row(row)`` after each finished run.
 
-    Runs whose key is in ``skip_keys`` are not measured. Returns a summary: ``model_ref``, ``identity``,
-    ``facts``, ``signature``, ``n_done``, ``n_skipped``, ``n_error``, ``stopped`` and ``load_s``.
+    Runs whose key is in ``skip_keys`` are not measured. ``feature_calibration`` gives the calibration
+    tokens (``ctx.calib``) of data-dependent features (cost "eval" / "hvp"). Returns a summary:
+    ``model_ref``, ``identity``, ``facts``, ``signature``, ``n_done``, ``n_skipped``, ``n_error``,
+    ``stopped`` and ``load_s``.
     """
     import torch
 
@@ -151,6 +154,10 @@ def collect_model(
     }
     model_features = [n for n in features if get_feature(n).level == "model"]
     format_features = [n for n in features if get_feature(n).level == "model_format"]
+    # Features that look at data (cost "eval" / "hvp") get the sweep's first calibration batch as ctx.calib.
+    needs_calib = feature_calibration is not None and any(
+        get_feature(n).cost in ("eval", "hvp") for n in features
+    )
 
     t0 = time.perf_counter()
     try:
@@ -210,18 +217,14 @@ def collect_model(
                 reference = reference_outputs(lm.model, windows, batch_size=ev.batch_size, progress=False)
                 metrics = evaluate_windows(lm.model, windows, batch_size=ev.batch_size, progress=False)
             feature_cache[float_eval_key(ev.window_kwargs())] = metrics
-            calib = calib_for(None)
+            calib = calib_for(feature_calibration) if needs_calib else None
             feats = _features(
                 lm, None, model_features, calib=calib, eval=ev.window_kwargs(), cache=feature_cache
             )
             float_states[ev] = _FloatState(windows, reference, metrics, feats, time.perf_counter() - t)
         return float_states[ev]
 
-    def calib_for(spec: CalibrationSpec | None) -> Any:
-        if spec is None:
-            spec = next((r.calibration for r, _ in pending if r.calibration is not None), None)
-            if spec is None:
-                return None
+    def calib_for(spec: CalibrationSpec) -> Any:
         if spec not in calib_cache:
             calib_cache[spec] = calibration_batch(
                 lm.tokenizer, spec.corpus, spec.n_samples, spec.seq_len, spec.seed
@@ -232,7 +235,10 @@ def collect_model(
         if spec not in fmt_cache:
             t = time.perf_counter()
             fmt = get_format(spec)
-            feats = _features(lm, fmt, format_features, eval=ev.window_kwargs(), cache=feature_cache)
+            calib = calib_for(feature_calibration) if needs_calib else None
+            feats = _features(
+                lm, fmt, format_features, calib=calib, eval=ev.window_kwargs(), cache=feature_cache
+            )
             fmt_cache[spec] = (fmt, feats, time.perf_counter() - t)
         return fmt_cache[spec]
 

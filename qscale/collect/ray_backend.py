@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qscale.collect.spec import PlannedRun
+from qscale.collect.spec import CalibrationSpec, PlannedRun
 
 #: Ray retries of a model task whose worker died or that raised.
 MAX_RETRIES = 2
@@ -37,14 +37,21 @@ def _maybe_die_once(model_ref: str) -> None:
 
 
 def _model_task(
-    model_ref: str, runs: Sequence[PlannedRun], features: Sequence[str], skip: frozenset[str], device: str
+    model_ref: str,
+    runs: Sequence[PlannedRun],
+    features: Sequence[str],
+    skip: frozenset[str],
+    device: str,
+    feature_calibration: CalibrationSpec | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from qscale.collect.loop import collect_model
 
     _maybe_die_once(model_ref)
-
     rows: list[dict[str, Any]] = []
-    summary = collect_model(model_ref, runs, features, skip_keys=skip, on_row=rows.append, device=device)
+    summary = collect_model(
+        model_ref, runs, features, skip_keys=skip, on_row=rows.append, device=device,
+        feature_calibration=feature_calibration,
+    )  # fmt: skip
     return rows, summary
 
 
@@ -59,6 +66,7 @@ def collect_ray(
     *,
     address: str | None = None,
     device: str = "auto",
+    feature_calibration: CalibrationSpec | None = None,
 ) -> None:
     """Run one Ray task per model of ``todo``; hand each returned row to ``on_row`` as tasks finish.
 
@@ -83,7 +91,8 @@ def collect_ray(
         )
         skip_ref = ray.put(skip)
         pending = {
-            task.remote(ref, runs, tuple(features), skip_ref, task_device): ref for ref, runs in todo.items()
+            task.remote(ref, runs, tuple(features), skip_ref, task_device, feature_calibration): ref
+            for ref, runs in todo.items()
         }
         while pending:
             if should_stop():

@@ -181,6 +181,7 @@ def collect(
     t0 = time.perf_counter()
     counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0}
     failures: list[str] = []
+    feature_calib = spec.calibrations[0] if spec.calibrations else None
 
     todo: dict[str, list[PlannedRun]] = {}
     for ref, model_runs in groups.items():
@@ -232,6 +233,7 @@ def collect(
                     should_stop=flag,
                     device=dev,
                     provenance=prov,
+                    feature_calibration=feature_calib,
                 )
                 on_summary(summary, len(model_runs))
         else:
@@ -251,6 +253,7 @@ def collect(
                 on_task_error,
                 address=address,
                 device=device,
+                feature_calibration=feature_calib,
             )
 
     return CollectResult(
