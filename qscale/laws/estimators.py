@@ -379,7 +379,7 @@ class ParametricLaw(LawEstimator):
         theta = np.asarray(self.theta_)
         z = self._zhat(theta, B)
         G = self._jac(theta, B)
-        var = self.sigma2_ + np.einsum("ij,jk,ik->i", G, np.asarray(self.cov_), G)
+        var = self.sigma2_ + np.einsum("ij,jk,ik->i", G, np.ascontiguousarray(self.cov_, dtype=float), G)
         t = stats.t.ppf(1 - alpha / 2, self.dof_)
         half = t * np.sqrt(var)
         return z, z - half, z + half
@@ -627,7 +627,7 @@ class OLSLaw(LawEstimator):
     def _native_z(self, D: pd.DataFrame, alpha: float):
         X = self._X(D)
         z = X @ np.asarray(self.params_)
-        var = self.scale_ + np.einsum("ij,jk,ik->i", X, np.asarray(self.cov_), X)
+        var = self.scale_ + np.einsum("ij,jk,ik->i", X, np.ascontiguousarray(self.cov_, dtype=float), X)
         half = stats.t.ppf(1 - alpha / 2, self.df_resid_) * np.sqrt(var)
         return z, z - half, z + half
 

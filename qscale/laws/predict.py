@@ -119,6 +119,7 @@ def _finish(
     extrapolate: bool,
     model: str | None,
     fmt: str | None,
+    bits: float | None = None,
 ) -> Prediction:
     est = law.estimator
     missing = [f for f in est.features_ if f not in values or values[f] is None]
@@ -154,7 +155,7 @@ def _finish(
         warnings=tuple(warns),
         model=model,
         format=fmt,
-        bits_per_element=values.get("bits_per_element", values.get("bpw")),
+        bits_per_element=None if bits is None else float(bits),
     )
 
 
@@ -209,14 +210,16 @@ def predict_formats(
         values = dict(base)
         costs = {k: "given" for k in values}
         fmt = None
+        bits = values.get("bpw")
         if spec is not None and lw.kind == "zoo":
             fmt, facts = _format_facts(spec)
+            bits = facts["bits_per_element"]
             for k, v in facts.items():
                 if k in needed and k not in values:
                     values[k] = v
                     costs[k] = "free"
         todo = [f for f in needed if f not in values]
-        if todo:
+        if todo and lw.kind != "public":  # public laws have no model to compute from: _finish names them
             if model is None:
                 raise LawError(
                     f"law '{lw.name}' needs {todo}; give model= (to compute them) or pass them as features"
@@ -237,7 +240,7 @@ def predict_formats(
                     values[col] = computed[col]
                     costs[col] = _cost_of(col)
         name = model if isinstance(model, str) else getattr(model, "name", None)
-        out.append(_finish(lw, values, costs, list(warns), alpha, extrapolate, name, spec))
+        out.append(_finish(lw, values, costs, list(warns), alpha, extrapolate, name, spec, bits))
     return out
 
 

@@ -1,0 +1,102 @@
+"""Grouped CV: no group leaks into its own training fold (incl. the conformal calibration), metrics."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ouyang_frame
+
+from qscale.laws.cv import compare, cross_validate, leave_one_group_out, metrics, spearman_within
+from qscale.laws.estimators import LawError, LogLinearLaw
+
+
+class SpyLaw(LogLinearLaw):
+    """Records the groups of every fit (including the nested calibration fits)."""
+
+    name = "spy"
+    seen: list = []
+
+    def _fit_z(self, D, z):
+        SpyLaw.seen.append(set(self._spy_groups.loc[D.index]))
+        super()._fit_z(D, z)
+
+
+def test_leave_one_group_out_partitions():
+    groups = np.array(list("aabbbcdd"))
+    seen = []
+    for train, test, g in leave_one_group_out(groups):
+        assert set(groups[test]) == {g}
+        assert g not in set(groups[train])
+        assert len(train) + len(test) == len(groups)
+        seen.append(g)
+    assert seen == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("scheme,col", [("family", "family"), ("size", "size")])
+def test_cross_validate_never_trains_on_the_held_out_group(scheme, col):
+    df = ouyang_frame()
+    SpyLaw.seen = []
+    SpyLaw._spy_groups = df[col]
+    res = cross_validate(SpyLaw(features=("bits_per_element", "n_nonembed")), df, scheme)
+    preds = res.predictions
+    assert len(preds) == len(df)
+    assert (preds["fold"] == preds[col].astype(str)).all()
+    n_groups = df[col].nunique()
+    # per fold: one main fit + calibration fits; each saw only the other groups
+    assert len(SpyLaw.seen) >= n_groups
+    folds = iter(sorted(df[col].unique(), key=str))
+    held = next(folds)
+    for s in SpyLaw.seen:
+        if len(s) == n_groups - 1 and held in s:  # next fold's main fit
+            held = next(folds)
+        assert held not in s
+
+
+def test_size_scheme_reports_largest_fold():
+    res = cross_validate(LogLinearLaw(features=("bits_per_element", "n_nonembed")), ouyang_frame(), "size")
+    assert res.largest is not None and res.largest["n"] == 24  # 4 families x 6 bit widths at the largest size
+
+
+def test_metrics_hand_worked():
+    frame = pd.DataFrame(
+        {
+            "model": ["a"] * 3 + ["b"] * 3,
+            "dnll": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0],
+            "pred": [1.5, 2.0, 2.0, 3.0, 2.0, 1.0],
+            "lo": [0.0] * 6,
+            "hi": [2.5] * 6,
+        }
+    )
+    m = metrics(frame, "dnll", by="model")
+    assert m["mae"] == pytest.approx((0.5 + 0 + 1 + 2 + 0 + 2) / 6)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 1 + 4 + 4) / 6))
+    assert m["r2"] == pytest.approx(1 - 9.25 / 4.0)
+    # model a: ranks (1, 2.5, 2.5) vs (1,2,3) -> rho = 0.8660; model b: reversed -> -1
+    assert spearman_within(frame, "pred", "dnll", "model") == pytest.approx((0.8660254 - 1) / 2, abs=1e-6)
+    assert m["coverage"] == pytest.approx(4 / 6)
+
+
+def test_public_metric_mae_delta_ppl():
+    frame = pd.DataFrame(
+        {
+            "model_key": ["x", "x"],
+            "log_ppl_ratio": [np.log(1.1), 0.0],
+            "baseline": [10.0, 5.0],
+            "pred": [0.0, 0.0],
+        }
+    ).assign(lo=-1.0, hi=1.0)
+    assert metrics(frame, "log_ppl_ratio", by="model_key")["mae_delta_ppl"] == pytest.approx(0.5)
+
+
+def test_bad_scheme_and_compare_notes():
+    df = ouyang_frame()
+    with pytest.raises(LawError, match="did you mean 'table'"):
+        cross_validate(LogLinearLaw(features=("bits_per_element",)), df, "tabel")
+    with pytest.raises(LawError, match="table_id"):
+        cross_validate(LogLinearLaw(features=("bits_per_element",)), df, "table")
+    out = compare(
+        {"ok": LogLinearLaw(features=("bits_per_element",)), "bad": LogLinearLaw(features=("nope",))},
+        df,
+        "family",
+    )
+    assert out.set_index("estimator").loc["bad", "note"].startswith("estimator needs columns ['nope']")
+    assert out.set_index("estimator").loc["ok", "n"] == len(df)
