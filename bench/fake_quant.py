@@ -14,12 +14,15 @@ GPU (the real measurement; bf16 in and out)::
 CPU smoke run (tiny shapes, torch backends only; exercises the script, not a performance claim)::
 
     OMP_NUM_THREADS=2 python bench/fake_quant.py --device cpu --small
+
+With ``TRITON_INTERPRET=1`` the CPU run also times (slowly) and checks the interpreted Triton kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import platform
 import re
 import statistics
@@ -91,7 +94,10 @@ def run(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda asked for but torch.cuda.is_available() is False; use --device cpu --small")
-    use_triton = device.type == "cuda" and not args.no_triton
+    # On CPU the Triton kernels only run under the interpreter (TRITON_INTERPRET=1): a correctness
+    # check of the script's Triton path, not a speed figure.
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    use_triton = (device.type == "cuda" or interpreted) and not args.no_triton
     if use_triton:
         from qscale.kernels.triton_kernels import fake_quant_triton
     dtype = getattr(torch, args.dtype)
