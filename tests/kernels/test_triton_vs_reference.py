@@ -270,3 +270,29 @@ def test_ptx_for_h100_is_exact_and_vectorised():
         assert r["vector_loads"] > 0 and r["scalar_x_loads"] == 0, r
     assert reports[0]["div_rn_f32"]  # x / scale is an IEEE division like torch's
     assert not reports[1]["div_rn_f32"]  # E8M0 scales: exact multiplication by 2**-k, no division at all
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    spec=st.sampled_from(
+        ["int3-g32", "int5-pc-asym", "fp6-e3m2-g64", "mxfp4-e2m1-b64", "mxint4-b32", "nf3-g32"]
+    ),
+    rows=st.integers(1, 9),
+    groups=st.integers(1, 4),
+    log_scale=st.integers(-40, 38),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_random_shapes_and_magnitudes(spec, rows, groups, log_scale, dtype, seed):
+    """Any row count, row length (whole groups), magnitude and dtype: bits equal the reference."""
+    fmt = get_format(spec)
+    n_cols = groups * 64
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, n_cols, generator=gen, dtype=torch.float64) * 10.0**log_scale).to(torch.float32)
+    x = x.to(dtype)  # may overflow to +-Inf or flush to 0 in half precision: both are valid inputs
+    assert_bits_equal(fake_quant_triton(fmt, x), fake_quant_reference(fmt, x))
