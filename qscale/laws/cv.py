@@ -124,7 +124,7 @@ def cross_validate(
     if missing:
         raise LawError(f"estimator needs columns {missing}, not in data")
     ok = frame[feats].notna().all(axis=1) & np.isfinite(frame[target].astype(float))
-    data = frame.loc[ok].reset_index(drop=True)
+    data = frame.loc[ok]
     groups = data[gcol].to_numpy()
     parts = []
     for train, test, g in leave_one_group_out(groups):
@@ -144,6 +144,7 @@ def cross_validate(
         part = te[keep].copy()
         part[["pred", "lo", "hi"]] = pi[["pred", "lo", "hi"]].to_numpy()
         part["fold"] = str(g)
+        part["row_id"] = te.index.to_numpy()  # the row's label in ``frame``
         parts.append(part)
     if not parts:
         raise LawError(f"no CV folds for scheme '{scheme}' (need at least 2 groups in '{gcol}')")
