@@ -185,9 +185,11 @@ def demo_cmd(
 
     _quiet_transformers()
     try:
-        run_demo(store=store, spec_path=spec_path, out=out, progress=progress, echo=typer.echo)
+        summary = run_demo(store=store, spec_path=spec_path, out=out, progress=progress, echo=typer.echo)
     except DemoError as err:
         _fail(str(err))
+    if summary["failed"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

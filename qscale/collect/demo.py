@@ -160,8 +160,17 @@ def run_demo(
         raise DemoError("collection interrupted; run `qscale demo` again to continue")
     if counts.get("ok", 0) == 0:
         raise DemoError(f"no finished runs in {store}; see `qscale runs list --store {store}`")
-    summary["laws"] = fit_and_predict(store, out, echo)
-    summary["report"] = str(write_report(store, out, echo))
+    summary["failed"] = []
+    try:
+        summary["laws"] = fit_and_predict(store, out, echo)
+    except Exception as err:  # the collected data stays; say what broke
+        summary["failed"].append(f"laws: {type(err).__name__}: {err}")
+        echo(f"[3/5] laws: FAILED ({type(err).__name__}: {err})")
+    try:
+        summary["report"] = str(write_report(store, out, echo))
+    except Exception as err:
+        summary["failed"].append(f"report: {type(err).__name__}: {err}")
+        echo(f"[5/5] report: FAILED ({type(err).__name__}: {err})")
     summary["total_s"] = time.perf_counter() - t0
     echo(f"done in {_fmt_s(summary['total_s'])}: runs in {store}, laws and predictions in {out}")
     return summary
