@@ -13,6 +13,8 @@ feature             level         cost    value
 hessian_trace       model         hvp     Hutchinson tr H of the mean next-token loss over all parameters
 hessian_trace_se    model         hvp     its standard error
 trace_per_param     model         hvp     tr H / n_params (mean diagonal curvature)
+trace_linear        model         hvp     trace of the quantized linear weights' diagonal block (same samples)
+trace_linear_pp     model         hvp     trace_linear / number of quantized linear weights
 top_eig             model         hvp     largest Hessian eigenvalue (Lanczos)
 act_outliers        model         eval    activation outlier aggregates (``act_outliers_kurtosis_max`` ...)
 landscape_settings  model         free    the batch and sample counts the hvp features used
@@ -123,6 +125,31 @@ def _hessian_trace_se(ctx: FeatureContext) -> float:
 def _trace_per_param(ctx: FeatureContext) -> float:
     """Hessian trace divided by the number of parameters (mean diagonal curvature)."""
     return float(_trace(ctx).per_param)
+
+
+def _linear_trace(ctx: FeatureContext) -> Any:
+    """The GroupTrace of the quantized linear weights (``qscale.lm.linear_layers``), from the same samples."""
+    from qscale.lm.layers import linear_layers
+
+    t = _trace(ctx)
+    named = {id(p): n for n, p in ctx.model.named_parameters()}
+    linear = {named[id(ref.weight)] for ref in linear_layers(ctx.model) if id(ref.weight) in named}
+    groups = t.groups(lambda n: "linear" if n in linear else "other")
+    if "linear" not in groups:
+        raise ValueError("the model has no quantizable linear weight among its trainable parameters")
+    return groups["linear"]
+
+
+@register_feature("trace_linear", level="model", unit="nats/token/param^2", cost="hvp")
+def _trace_linear(ctx: FeatureContext) -> float:
+    """Hutchinson trace of the Hessian block of the quantized linear weights (what quantization perturbs)."""
+    return float(_linear_trace(ctx).value)
+
+
+@register_feature("trace_linear_pp", level="model", unit="nats/token/param^2", cost="hvp")
+def _trace_linear_pp(ctx: FeatureContext) -> float:
+    """Trace of the linear weights' Hessian block per linear weight."""
+    return float(_linear_trace(ctx).per_param)
 
 
 @register_feature("top_eig", level="model", unit="nats/token/param^2", cost="hvp")

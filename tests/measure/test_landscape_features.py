@@ -45,6 +45,8 @@ def test_features_equal_direct_calls_and_record_settings():
         "hessian_trace",
         "hessian_trace_se",
         "trace_per_param",
+        "trace_linear",
+        "trace_linear_pp",
         "top_eig",
         "act_outliers",
         "landscape_settings",
@@ -61,6 +63,11 @@ def test_features_equal_direct_calls_and_record_settings():
     t = hessian_trace(model, batch, samples=8, seed=0)
     assert feats["hessian_trace"] == t.value and feats["hessian_trace_se"] == t.stderr
     assert feats["trace_per_param"] == pytest.approx(t.value / sum(p.numel() for p in model.parameters()))
+    lin = [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    tl = t.groups("tensor")
+    assert feats["trace_linear"] == pytest.approx(sum(tl[n].value for n in lin), rel=1e-12)
+    n_lin = sum(tl[n].n_params for n in lin)
+    assert feats["trace_linear_pp"] == pytest.approx(feats["trace_linear"] / n_lin, rel=1e-12)
     e = hessian_top_eigenvalues(model, batch, k=1, iters=20, tol=1e-3)
     assert feats["top_eig"] == e.values[0] and e.values[0] > 0
     q = quant_direction_terms(model, batch, get_format("int4-g16"))
