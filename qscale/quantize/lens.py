@@ -39,6 +39,7 @@ class LensConfig:
     w_reference: str = "int4-g{group}"  # matched-norm reference for weights; {group}: see weight_group
     a_reference: str = "int8"  # matched-norm reference for activations (dynamic per token)
     seed: int = 0
+    n_seeds: int = 1  # noise entries are means over seeds seed, seed+1, ..., seed+n_seeds-1
     batch_size: int = 8
 
 
@@ -73,6 +74,8 @@ def run_lens(
     cfg = config or LensConfig()
     group = weight_group(model)
     w4, cbrt_group = f"int4-g{group}", group
+    if cfg.n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {cfg.n_seeds}")
     if any(not (s >= 0) for s in cfg.strengths):
         raise ValueError(f"strengths must be non-negative numbers, got {cfg.strengths}")
     say = progress or (lambda _msg: None)
@@ -89,18 +92,26 @@ def run_lens(
     say(f"float nll {base:.4f} on {windows.n_scored} tokens")
 
     def dnll(method: str, fmt: Any = None, params: dict | None = None) -> dict[str, Any]:
-        with quantized(model, fmt, method=method, params=params) as info:
-            value = nll() - base
-        rec = {"dnll": value}
-        if "w_rel_err_mean" in info:
-            rec["w_rel_err"] = info["w_rel_err_mean"]
+        seeds = [None] if method != "perturb" else [cfg.seed + k for k in range(cfg.n_seeds)]
+        values, rels = [], []
+        for seed in seeds:
+            p = dict(params or {}) if seed is None else {**(params or {}), "seed": seed}
+            with quantized(model, fmt, method=method, params=p) as info:
+                values.append(nll() - base)
+            if "w_rel_err_mean" in info:
+                rels.append(info["w_rel_err_mean"])
+        rec: dict[str, Any] = {"dnll": sum(values) / len(values)}
+        if len(values) > 1:
+            rec["dnll_seeds"] = values
+        if rels:
+            rec["w_rel_err"] = sum(rels) / len(rels)
         return rec
 
     strength_rows = []
     for rel in cfg.strengths:
         row: dict[str, Any] = {"rel": rel}
         for label, kind in STRENGTH_KINDS:
-            row[label] = dnll("perturb", params={**kind, "rel": rel, "seed": cfg.seed})["dnll"]
+            row[label] = dnll("perturb", params={**kind, "rel": rel})["dnll"]
         strength_rows.append(row)
         say(f"strength {rel}: " + ", ".join(f"{k}={v:+.4f}" for k, v in row.items() if k != "rel"))
 
@@ -114,7 +125,7 @@ def run_lens(
             real_label = f"act {ref} per token"
         property_rows.append({"target": target, "kind": real_label, **real})
         for label, kind in PROPERTY_KINDS:
-            rec = dnll("perturb", params={**kind, "target": target, "match": ref, "seed": cfg.seed})
+            rec = dnll("perturb", params={**kind, "target": target, "match": ref})
             property_rows.append({"target": target, "kind": f"{label} (norm of {ref})", **rec})
         say(f"property {target} done")
 

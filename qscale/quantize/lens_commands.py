@@ -18,7 +18,8 @@ def lens_cmd(
     strengths: str = typer.Option(
         "0.02,0.05,0.1,0.2,0.4", "--strengths", help="Comma-separated relative noise strengths ||e||/||w||."
     ),
-    seed: int = typer.Option(0, "--seed", help="Noise seed (recorded)."),
+    seed: int = typer.Option(0, "--seed", help="First noise seed (recorded)."),
+    n_seeds: int = typer.Option(1, "--seeds", min=1, help="Average every noise entry over this many seeds."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Also write lens.json and lens.md into this folder."
@@ -38,7 +39,9 @@ def lens_cmd(
         raise typer.BadParameter("--strengths needs at least one non-negative number, e.g. 0.05,0.1")
     if max_tokens < seq_len:
         raise typer.BadParameter(f"--max-tokens ({max_tokens}) must be at least --seq-len ({seq_len})")
-    cfg = LensConfig(corpus=corpus, seq_len=seq_len, max_tokens=max_tokens, strengths=rels, seed=seed)
+    cfg = LensConfig(
+        corpus=corpus, seq_len=seq_len, max_tokens=max_tokens, strengths=rels, seed=seed, n_seeds=n_seeds
+    )
     lm = load(model)
     say = None if as_json else (lambda msg: typer.echo(msg, err=True))
     result = run_lens(lm.model, lm.tokenizer, cfg, progress=say)

@@ -88,10 +88,16 @@ def test_lens_cli(lm, tmp_path):
     tok.save_pretrained(ckpt)
     out = tmp_path / "out"
     args = ["lens", "--model", str(ckpt), "--corpus", "lee_news", "--max-tokens", "128", "--seq-len", "32"]
-    result = CliRunner().invoke(app, [*args, "--strengths", "0,0.3", "--json", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, [*args, "--strengths", "0,0.3", "--seeds", "2", "--json", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["rel"] for r in data["strength"]] == [0.0, 0.3]
+    noisy = [r for r in data["property"] if "dnll_seeds" in r]
+    assert len(noisy) == 8 and all(len(r["dnll_seeds"]) == 2 for r in noisy)
+    assert all(r["dnll"] == pytest.approx(sum(r["dnll_seeds"]) / 2) for r in noisy)
+    assert data["config"]["n_seeds"] == 2
     assert json.loads((out / "lens.json").read_text())["float_nll"] == data["float_nll"]
     assert "## Which property matters" in (out / "lens.md").read_text()
     bad = CliRunner().invoke(app, [*args, "--strengths", "0.1,abc"])
