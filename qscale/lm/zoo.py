@@ -15,8 +15,9 @@ qwen2    qwen2      RMSNorm, SwiGLU, RoPE, grouped-query attention (kv heads = h
 
 Presets (``ZOO_PRESETS``):
 
-* ``tiny``: 5 families x 3 sizes (d_model 32/64/96, 2 layers), seq 64, batch 16, 150 steps (153,600 tokens);
-  trains on 2 CPU cores in minutes (see ``bench/zoo.md``). For tests and smoke runs.
+* ``tiny``: 5 families x 3 sizes (d_model 32/64/96, 2 layers), seq 32, batch 8, 300 steps (76,800 tokens),
+  peak LR 1e-2/8e-3/5e-3; trains on 2 CPU cores in minutes (see ``bench/zoo.md``). For tests and smoke runs:
+  these models only beat a unigram model by a few tenths of a nat, they are not good language models.
 * ``full``: 5 families x 5 sizes, non-embedding N from about 0.1M (d 64, 2 layers) to 25M (d 512, 8 layers),
   seq 256, batch 128, 610 steps (about 20M tokens) each, plus ``llama-s`` and ``llama-m`` at 5M and 80M tokens
   (laws in N and D). Written for one CUDA GPU (bf16 autocast); ``bench/train_zoo_full.py`` runs it.
@@ -176,6 +177,7 @@ _FULL_STEPS = 610  # x 128 x 256 = 19,988,480 tokens
 
 
 def _tiny() -> tuple[ZooSpec, ...]:
+    lr = {"s": 1e-2, "m": 8e-3, "l": 5e-3}
     return tuple(
         ZooSpec(
             name=f"tiny-{fam}-{size}",
@@ -185,13 +187,13 @@ def _tiny() -> tuple[ZooSpec, ...]:
             d_model=d,
             n_layers=n_layers,
             n_heads=h,
-            seq_len=64,
-            batch_size=16,
-            steps=150,
-            lr=1e-2,
-            warmup_steps=15,
+            seq_len=32,
+            batch_size=8,
+            steps=300,
+            lr=lr[size],
+            warmup_steps=20,
             val_tokens=16_384,
-        )  # fmt: skip
+        )
         for fam in FAMILIES
         for size, d, n_layers, h in _TINY_SIZES
     )
@@ -557,3 +559,37 @@ def list_zoo(root: str | Path | None = None, preset: str | None = None) -> list[
             status = "trained" if ok else "stale"
         out.append(ZooEntry(s.name, s.preset, s.family, s.size, status, str(d), meta))
     return out
+
+
+def random_model(
+    family: str,
+    tokenizer: Any,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 2,
+    seq_len: int = 64,
+    seed: int = 0,
+) -> Any:
+    """An untrained zoo-architecture model (eval mode, fp32, CPU) with ``tokenizer``, as a ``LoadedModel``.
+
+    For unit tests that need a real architecture but no training: weights are transformers' initialisation
+    under ``torch.manual_seed(seed)``; identity is ``"random:<family>-d<d_model>x<n_layers>/<seed>"``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qscale.lm.facts import model_facts
+    from qscale.lm.loading import LoadedModel
+
+    if family not in FAMILIES:
+        raise _choice_error("family", family, FAMILIES)
+    spec = ZooSpec(
+        name=f"random-{family}", family=family, size="-", preset="-", d_model=d_model, n_layers=n_layers,
+        n_heads=n_heads, seq_len=seq_len, batch_size=1, steps=0, lr=0.0, warmup_steps=0, seed=seed,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    config = spec.hf_config(len(tokenizer), tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    identity = f"random:{family}-d{d_model}x{n_layers}/{seed}"
+    facts = model_facts(model, name=spec.name, identity=identity)
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts, name=spec.name)
