@@ -170,6 +170,9 @@ def predict_cmd(
     feature: list[str] = typer.Option(
         [], "--feature", help="Give a feature directly: NAME=VALUE (repeatable)."
     ),
+    baseline_ppl: float | None = typer.Option(
+        None, "--baseline-ppl", help="Public laws: the fp16 perplexity, to also print delta-ppl."
+    ),
     alpha: float = typer.Option(0.1, "--alpha"),
     extrapolate: bool = typer.Option(
         False, "--extrapolate", help="Allow inputs far outside the training range."
@@ -210,8 +213,16 @@ def predict_cmd(
     rec = recommend(preds, budget) if budget is not None else None
     if formats is not None:
         preds = sorted(preds, key=lambda p: p.value)
+    try:
+        deltas = [p.delta_ppl(baseline_ppl) for p in preds] if baseline_ppl is not None else None
+    except LawError as err:
+        _fail(str(err))
+        return
     if as_json:
         out = {"predictions": [p.to_dict() for p in preds]}
+        if deltas is not None:
+            for d, dp in zip(out["predictions"], deltas, strict=True):
+                d["delta_ppl"] = dict(zip(("value", "lo", "hi"), dp, strict=True))
         if budget is not None:
             out["budget"] = budget
             out["recommended"] = rec.format if rec else None
@@ -224,6 +235,11 @@ def predict_cmd(
         typer.echo(
             f"{what:22s} {bpe:14s} {p.target} = {p.value:.4g} [{level}: {p.lo:.4g}, {p.hi:.4g}] {p.unit}"
         )
+        if deltas is not None:
+            dv, dlo, dhi = p.delta_ppl(baseline_ppl)
+            typer.echo(
+                f"{'':37s} delta_ppl = {dv:+.4g} [{level}: {dlo:+.4g}, {dhi:+.4g}] vs {baseline_ppl:g}"
+            )
     p0 = preds[0]
     typer.echo("features: " + ", ".join(f"{k}={_fmt(v)} ({p0.costs.get(k)})" for k, v in p0.features.items()))
     for w in dict.fromkeys(w for p in preds for w in p.warnings):

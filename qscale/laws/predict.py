@@ -49,6 +49,15 @@ class Prediction:
     format: str | None = None
     bits_per_element: float | None = None
 
+    def delta_ppl(self, baseline_ppl: float) -> tuple[float, float, float]:
+        """For log-ppl-ratio laws: (value, lo, hi) as perplexity points above ``baseline_ppl``.
+
+        ppl_q = baseline * exp(ratio), e.g. baseline 5.47 and ratio 0.0555 -> +0.312 ppl.
+        """
+        if self.target != "log_ppl_ratio":
+            raise LawError(f"delta_ppl needs a log_ppl_ratio law; this law predicts {self.target}")
+        return tuple(baseline_ppl * math.expm1(v) for v in (self.value, self.lo, self.hi))  # type: ignore[return-value]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["warnings"] = list(self.warnings)

@@ -1,5 +1,7 @@
 """qscale.predict: features computed only as needed (with costs), intervals, domain checks, budgets."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,16 @@ def test_zoo_law_needs_model_or_features():
     assert p.costs == {"bits_per_element": "free"} and p.features["bits_per_element"] == 4.0
     with pytest.raises(LawError, match="needs"):
         predict(law=law)
+
+
+def test_shipped_public_law_loads_and_predicts():
+    from qscale.laws.artifacts import MODELS_DIR, list_laws
+
+    public = [n for n in list_laws(MODELS_DIR) if n.startswith("public-")]
+    if not public:
+        pytest.skip("no public law shipped in models/")
+    p4 = predict(law=public[0], params_b=7, bits=4, group_size=128, method="gptq")
+    p2 = predict(law=public[0], params_b=7, bits=2, group_size=128, method="gptq")
+    assert 0 < p4.value < p2.value and p4.lo <= p4.value <= p4.hi
+    dv, dlo, dhi = p4.delta_ppl(5.47)
+    assert dv == pytest.approx(5.47 * math.expm1(p4.value)) and dlo <= dv <= dhi
