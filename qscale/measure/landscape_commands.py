@@ -77,14 +77,14 @@ def landscape_cmd(
         group_name("a.0.w", group_by)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    lm = load(model)
-    ids = _batch(lm, corpus, n_seqs, seq_len, seed)
     try:
+        lm = load(model)
+        ids = _batch(lm, corpus, n_seqs, seq_len, seed)
         trace = hessian_trace(lm.model, ids, samples=samples, seed=seed, group_by=group_by)
         eig = hessian_top_eigenvalues(lm.model, ids, k=k, iters=iters, tol=1e-3, seed=seed)
         qdirs = [quant_direction_terms(lm.model, ids, f, measure=True) for f in fmts]
         prof = radial_profile(lm.model, ids, seed=seed) if radial else None
-    except CurvatureError as err:
+    except (CurvatureError, ValueError) as err:  # LoadError, FormatError, CorpusError are ValueErrors
         raise typer.BadParameter(str(err)) from err
     result: dict[str, Any] = {
         "model": lm.name,
@@ -153,10 +153,13 @@ def outliers_cmd(
 
     if not threshold > 0:
         raise typer.BadParameter(f"--threshold must be positive, got {threshold}")
-    lm = load(model)
-    ids = _batch(lm, corpus, n_seqs, seq_len, seed)
-    w = model_weight_stats(lm.model)
-    a = activation_stats(lm.model, ids, threshold=threshold)
+    try:
+        lm = load(model)
+        ids = _batch(lm, corpus, n_seqs, seq_len, seed)
+        w = model_weight_stats(lm.model)
+        a = activation_stats(lm.model, ids, threshold=threshold)
+    except ValueError as err:  # LoadError, CorpusError
+        raise typer.BadParameter(str(err)) from err
     if as_json:
         out = {
             "model": lm.name,
