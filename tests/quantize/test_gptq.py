@@ -216,12 +216,22 @@ def tiny_model(family: str, seed: int = 0):
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **common
         )
         model = tf.GPTNeoXForCausalLM(cfg)
+    elif family == "qwen2":
+        cfg = tf.Qwen2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
+        model = tf.Qwen2ForCausalLM(cfg)
     else:
         raise ValueError(family)
     return model.eval()
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "neox"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "neox", "qwen2"])
 def test_pipeline_all_families_beats_rtn_and_restores(family):
     model = tiny_model(family)
     g = torch.Generator().manual_seed(0)
