@@ -97,6 +97,14 @@ def test_static_scale_calibrated_absmax_and_saturation():
     assert info["n_samples"] == 4 and info["seq_len"] == 16
     ref = int8_ref(x, torch.tensor(info["a_amax"][FIRST]))
     assert torch.allclose(xq, ref, rtol=0, atol=1e-6)
+    # any format with a scale works statically: per-tensor int8 and fp8-e4m3 (against torch's float8 cast)
+    x = torch.randn(7, 64, generator=torch.Generator().manual_seed(8)) * 3
+    assert torch.allclose(
+        ActivationQuantizer(get_format("int8-pt"), amax=5.0)(x), int8_ref(x, 5.0), atol=1e-6
+    )
+    s = 5.0 / 448.0
+    fp8 = (x.clamp(-5, 5) / s).to(torch.float8_e4m3fn).float() * s
+    assert torch.allclose(ActivationQuantizer(get_format("fp8-e4m3"), amax=5.0)(x), fp8, rtol=1e-6, atol=0)
     # hand example from the module docstring: amax 2.54 -> scale 0.02; 0.031 -> 0.04, 9.0 -> 2.54
     q = ActivationQuantizer(get_format("int8"), amax=2.54)(torch.tensor([[0.031, 9.0, -9.0, 0.0]]))
     assert torch.allclose(q, torch.tensor([[0.04, 2.54, -2.54, 0.0]]), atol=1e-6)
