@@ -34,7 +34,9 @@ become the next block's inputs. Inside a block we use the "true sequential" vari
 input tensor (q/k/v, or gate/up) form a group; groups are quantized in the order the block calls them, and before
 each group after the first the block is re-run so that its Hessian sees the outputs of the already-quantized groups
 (e.g. ``o_proj`` is calibrated on the attention output of quantized q/k/v). ``true_sequential=False`` gives the
-simpler "all linear layers of the block at once" variant (one pass per block). Linear layers outside the blocks
+simpler "all linear layers of the block at once" variant (one pass per block). Limitation: the keyword
+arguments captured at the first block are reused for every block, so a model whose blocks get different masks
+(alternating sliding-window / global attention layers) would calibrate its later blocks with block 0's mask. Linear layers outside the blocks
 (rare: the head is excluded by default) are quantized with RTN and listed in ``info["rtn_fallback"]``.
 
 Memory: only the current block's inputs (n_samples x seq_len x d_model) and the Hessians of the current block's
