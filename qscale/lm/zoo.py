@@ -124,7 +124,7 @@ def _llama(s: ZooSpec, v: int, sid: int) -> Any:
     return LlamaConfig(
         vocab_size=v, hidden_size=s.d_model, intermediate_size=_swiglu_width(s.d_model),
         num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads, num_key_value_heads=s.n_heads,
-        max_position_embeddings=s.seq_len, bos_token_id=sid, eos_token_id=sid, pad_token_id=sid,
+        max_position_embeddings=s.seq_len, bos_token_id=sid, eos_token_id=sid, pad_token_id=None,
         tie_word_embeddings=False,
     )  # fmt: skip
 
@@ -136,7 +136,7 @@ def _opt(s: ZooSpec, v: int, sid: int) -> Any:
         vocab_size=v, hidden_size=s.d_model, num_hidden_layers=s.n_layers, ffn_dim=4 * s.d_model,
         num_attention_heads=s.n_heads, max_position_embeddings=s.seq_len, word_embed_proj_dim=s.d_model,
         do_layer_norm_before=True, activation_function="relu", dropout=0.0, attention_dropout=0.0,
-        layerdrop=0.0, bos_token_id=sid, eos_token_id=sid, pad_token_id=sid, tie_word_embeddings=True,
+        layerdrop=0.0, bos_token_id=sid, eos_token_id=sid, pad_token_id=None, tie_word_embeddings=True,
     )  # fmt: skip
 
 
@@ -147,7 +147,7 @@ def _neox(s: ZooSpec, v: int, sid: int) -> Any:
         vocab_size=v, hidden_size=s.d_model, num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
         intermediate_size=4 * s.d_model, hidden_act="gelu", attention_dropout=0.0, hidden_dropout=0.0,
         max_position_embeddings=s.seq_len, use_parallel_residual=True, bos_token_id=sid, eos_token_id=sid,
-        pad_token_id=sid, tie_word_embeddings=False,
+        pad_token_id=None, tie_word_embeddings=False,
     )  # fmt: skip
 
 
@@ -158,7 +158,7 @@ def _qwen2(s: ZooSpec, v: int, sid: int) -> Any:
         vocab_size=v, hidden_size=s.d_model, intermediate_size=_swiglu_width(s.d_model),
         num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
         num_key_value_heads=max(1, s.n_heads // 2), max_position_embeddings=s.seq_len, bos_token_id=sid,
-        eos_token_id=sid, pad_token_id=sid, tie_word_embeddings=True,
+        eos_token_id=sid, pad_token_id=None, tie_word_embeddings=True,
     )  # fmt: skip
 
 
