@@ -26,7 +26,7 @@ The weights are quantized first (RTN or GPTQ on float activations), then the act
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -202,6 +202,10 @@ class ActQuant(Method):
         "w_method": "rtn",
         "batch_size": 8,
     }
+
+    def calibration_needed(self, params: Mapping[str, Any]) -> bool:
+        """Static activation scales and GPTQ weights are calibrated; dynamic RTN needs no data."""
+        return params.get("a_scale") == "static" or params.get("w_method") == "gptq"
 
     def apply(self, ctx: MethodContext) -> dict[str, Any]:
         return apply_weight_activation(ctx, ctx.params)

@@ -41,12 +41,12 @@ def quantize_cmd(
     try:
         fmt = get_format(format)
         m = get_method(method)
-        method_params = json.loads(params)
+        method_params = m.resolve_params(json.loads(params))
     except (ValueError, json.JSONDecodeError) as err:
         raise typer.BadParameter(str(err)) from err
     lm = load(model)
     calib = None
-    if m.needs_calibration:
+    if m.calibration_needed(method_params):
         from qscale.corpora import calibration_batch
 
         calib = calibration_batch(

@@ -68,6 +68,10 @@ class Method(ABC):
             )
         return {**self.defaults, **params}
 
+    def calibration_needed(self, params: Mapping[str, Any]) -> bool:
+        """Whether these (resolved) parameters need calibration tokens; by default the class flag."""
+        return self.needs_calibration
+
     @abstractmethod
     def apply(self, ctx: MethodContext) -> dict[str, Any]:
         """Quantize ``ctx.model`` in place (saving every tensor first) and return a JSON-able info dict."""
@@ -203,7 +207,7 @@ def quantized(
         resolved = m.resolve_params(params)
     if m.needs_format and fmt is None:
         raise MethodError(f"method {m.name!r} needs a format (e.g. fmt='int4-g128')")
-    if m.needs_calibration and calib is None:
+    if m.calibration_needed(resolved) and calib is None:
         raise MethodError(
             f"method {m.name!r} needs calibration tokens: pass calib=qscale.corpora.calibration_batch(tokenizer, ...)"
         )

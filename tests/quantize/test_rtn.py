@@ -130,3 +130,16 @@ def test_method_errors_name_valid_choices():
     with pytest.raises(MethodError, match="needs a format"), quantized(_gpt2(), None, method="rtn"):
         pass
     assert MethodSpec.of("rtn").canonical() == '{"name":"rtn","params":{}}'
+
+
+def test_calibration_need_follows_the_parameters():
+    m = get_method("act-quant")
+    assert not m.calibration_needed(m.resolve_params({"a": "int8-pc"}))
+    assert m.calibration_needed(m.resolve_params({"a_scale": "static"}))
+    assert m.calibration_needed(m.resolve_params({"w_method": "gptq"}))
+    assert get_method("gptq").calibration_needed({}) and not get_method("rtn").calibration_needed({})
+    with (
+        pytest.raises(MethodError, match="needs calibration"),
+        quantized(_llama(), "int8-pc", method="act-quant", params={"a_scale": "static"}),
+    ):
+        pass
