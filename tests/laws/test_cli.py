@@ -63,3 +63,15 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.exit_code == 2 and "--runs STORE or --public" in r.output
     r = runner.invoke(app, ["predict", "--law", "nope", "--models-dir", str(tmp_path)])
     assert r.exit_code == 2 and "no law 'nope'" in r.output
+
+
+def test_laws_and_report_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qscale.laws.estimators, qscale.laws.fitting, qscale.laws.predict, qscale.laws.commands, "
+        "qscale.report.build; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
