@@ -204,9 +204,21 @@ def predict_cmd(
     else:
         specs = [format]
     try:
+        skipped: dict[str, str] = {}
         preds = predict_formats(
-            model, specs, law, alpha=alpha, extrapolate=extrapolate, models_dir=models_dir, **given
+            model,
+            specs,
+            law,
+            alpha=alpha,
+            extrapolate=extrapolate,
+            models_dir=models_dir,
+            skipped=skipped if len(specs) > 1 else None,
+            **given,
         )
+        for spec, why in skipped.items():
+            typer.secho(f"skipped {spec}: {why}", fg="yellow", err=True)
+        if not preds:
+            raise LawError("no format could be predicted for this model")
     except (LawError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return

@@ -203,9 +203,15 @@ def predict_formats(
     features: dict[str, Any] | None = None,
     extrapolate: bool = False,
     models_dir: str | Path | None = None,
+    skipped: dict[str, str] | None = None,
     **given: Any,
 ) -> list[Prediction]:
-    """:func:`predict` for several formats of one model; model-level features are computed once."""
+    """:func:`predict` for several formats of one model; model-level features are computed once.
+
+    With ``skipped`` (a dict to fill), a format whose features cannot be computed for this model (e.g. a
+    group size that does not divide a layer width) is recorded there as ``{spec: reason}`` and left out
+    instead of failing the whole call.
+    """
     lw = _law(law, models_dir)
     needed = list(lw.estimator.features_)
     base = {**(features or {}), **given}
@@ -243,7 +249,13 @@ def predict_formats(
                 lm = _load_model(model)
             from qscale.collect.features import compute_features
 
-            computed = compute_features(lm, fmt, list(dict.fromkeys(names)), cache=cache)
+            try:
+                computed = compute_features(lm, fmt, list(dict.fromkeys(names)), cache=cache)
+            except ValueError as err:  # FormatError / FeatureError are ValueErrors
+                if skipped is None:
+                    raise
+                skipped[str(spec)] = str(err)
+                continue
             for col in todo:
                 if col in computed:
                     values[col] = computed[col]
