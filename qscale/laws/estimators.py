@@ -565,6 +565,21 @@ class OLSLaw(LawEstimator):
         self.formula = formula
         self.weights = weights
 
+    def fit(self, X: pd.DataFrame, y=None, groups=None):
+        """As :meth:`LawEstimator.fit`; with ``weights`` the column of that name gives the WLS weights
+        (intervals are then for a new observation of weight 1)."""
+        self._take_weights(X)
+        return super().fit(X, y, groups)
+
+    def _fit_only(self, X: pd.DataFrame, y: np.ndarray) -> LawEstimator:
+        self._take_weights(X)
+        return super()._fit_only(X, y)
+
+    def _take_weights(self, X: pd.DataFrame) -> None:
+        if self.weights:
+            self._check_columns(X, [self.weights])
+            self._weight_col = X[self.weights]
+
     def rhs(self) -> str:
         if self.formula:
             return self.formula.split("~", 1)[-1].strip()
@@ -594,8 +609,12 @@ class OLSLaw(LawEstimator):
         data = self._raw(D).assign(_z=z)
         formula = f"_z ~ {self.rhs()}"
         if self.weights:
-            raise LawError("OLSLaw(weights=...) needs the weight column; pass it via fit(X) features")
-        self.results_ = smf.ols(formula, data).fit()
+            w = pd.to_numeric(self._weight_col.loc[D.index], errors="coerce").to_numpy(float)
+            if not np.all(np.isfinite(w) & (w > 0)):
+                raise LawError(f"WLS weights column '{self.weights}' must be finite and > 0")
+            self.results_ = smf.wls(formula, data, weights=w).fit()
+        else:
+            self.results_ = smf.ols(formula, data).fit()
         self.params_ = self.results_.params.to_numpy(dtype=float)
         self.param_index_ = list(self.results_.params.index)
         self.cov_ = self.results_.cov_params().to_numpy(dtype=float)

@@ -144,3 +144,26 @@ def test_domain_warnings(ouyang_data):
     msgs = law.domain_warnings(x)
     assert any("n_nonembed" in m and "1000x beyond" in m for m in msgs)
     assert law.domain_warnings(ouyang_data.iloc[[0]]) == []
+
+
+def test_wls_weights_match_statsmodels_and_downweight_outliers(ouyang_data):
+    import statsmodels.api as sm
+
+    df = ouyang_data.copy()
+    df.loc[df.index[:5], "dnll"] *= 50.0  # five corrupted rows
+    df["w"] = 1.0
+    df.loc[df.index[:5], "w"] = 1e-6
+    df["log_bits"] = np.log(df["bits_per_element"])  # the true law is linear in log P
+    feats = ("n_nonembed", "train_tokens", "log_bits")
+    wls = OLSLaw(features=feats, weights="w").fit(df)
+    ols = OLSLaw(features=feats).fit(df)
+    X = sm.add_constant(
+        np.column_stack([np.log(df.n_nonembed), np.log(df.train_tokens), df.log_bits])
+    )
+    ref = sm.WLS(to_z(df["dnll"].to_numpy(), 1e-3), X, weights=df["w"].to_numpy()).fit()
+    assert np.allclose(wls.params_, ref.params, rtol=1e-8)
+    clean = df.iloc[5:]
+    err = lambda m: np.mean(np.abs(m.predict_z(clean) - to_z(clean["dnll"].to_numpy(), 1e-3)))  # noqa: E731
+    assert err(wls) < 0.5 * err(ols)
+    with pytest.raises(LawError, match=r"\['nope'\]"):
+        OLSLaw(features=feats, weights="nope").fit(df)
