@@ -164,6 +164,7 @@ def predict_cmd(
     bits: float | None = typer.Option(None, "--bits", help="Public laws: weight bits."),
     group_size: float | None = typer.Option(None, "--group-size", help="Public laws: group size."),
     method: str | None = typer.Option(None, "--method", help="Public laws: rtn | gptq | awq | ..."),
+    family: str | None = typer.Option(None, "--family", help="Public laws: e.g. Llama-2, for exact N and D."),
     train_tokens: float | None = typer.Option(
         None, "--train-tokens", help="Training tokens, where a law uses D."
     ),
@@ -190,6 +191,7 @@ def predict_cmd(
         ("bits", bits),
         ("group_size", group_size),
         ("method", method),
+        ("family", family),
         ("train_tokens", train_tokens),
     ):
         if v is not None:

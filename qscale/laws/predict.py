@@ -92,12 +92,21 @@ def _registered_name(column: str) -> str | None:
 
 def _public_inputs(given: dict[str, Any], needed: list[str], warns: list[str]) -> dict[str, Any]:
     """Derive public-law features (n_nonembed, bpw, method) from params_b / bits / group_size / method."""
-    from qscale.laws.public import normalise_method
+    from qscale.laws.public import known_families, known_model, normalise_method
 
     vals = dict(given)
+    fam = vals.pop("family", None)
+    facts = known_model(str(fam), float(vals["params_b"])) if fam is not None and "params_b" in vals else None
+    if fam is not None and facts is None:
+        warns.append(
+            f"no exact counts for family={fam!r} at {vals.get('params_b')}B (known: {known_families()})"
+        )
+    for k in ("n_nonembed", "train_tokens"):
+        if k in needed and k not in vals and facts is not None and not math.isnan(facts[k]):
+            vals[k] = facts[k]
     if "n_nonembed" in needed and "n_nonembed" not in vals and "params_b" in vals:
         vals["n_nonembed"] = float(vals["params_b"]) * 1e9
-        warns.append("n_nonembed taken as params_b * 1e9 (nominal size; embeddings not excluded)")
+        warns.append("n_nonembed taken as params_b * 1e9 (nominal size; give family= for exact counts)")
     if "bpw" in needed and "bpw" not in vals and "bits" in vals:
         g = vals.get("group_size")
         extra = 16.0 / float(g) if g not in (None, "", 0) else 0.0

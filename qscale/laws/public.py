@@ -154,6 +154,23 @@ class PublicData:
         return self.table[self.table["usable"]].reset_index(drop=True)
 
 
+def known_model(family: str, params_b: float) -> dict[str, float] | None:
+    """Exact counts for a (family, nominal size) in the lookup tables, e.g. ("Llama-2", 7) ->
+    n_nonembed 6,476,271,616, n_params 6,738,415,616, train_tokens 2e12; None if not known."""
+    arch = _ARCH.get((family, float(params_b)))
+    if arch is None:
+        return None
+    return {
+        "n_nonembed": float(arch.n_nonembed),
+        "n_params": float(arch.n_params),
+        "train_tokens": _TRAIN_TOKENS.get((family, float(params_b)), math.nan),
+    }
+
+
+def known_families() -> list[str]:
+    return sorted({f for f, _ in _ARCH})
+
+
 def normalise_method(raw: str) -> str:
     """Map a free-text method label to a short name: 'GPTQ (act-order, ...)' -> 'gptq'.
 

@@ -28,6 +28,8 @@ def test_public_law_predicts_from_size_bits_method(public_law):
     assert p4.lo < p4.value < p4.hi and 0 < p4.value < p3.value  # fewer bits, more damage
     assert p4.features["bpw"] == 4.0 and p4.features["method"] == "gptq"
     assert p4.features["n_nonembed"] == 7e9 and any("nominal" in w for w in p4.warnings)
+    ex = predict(law=law, params_b=7, bits=4, method="gptq", family="Llama-2")
+    assert ex.features["n_nonembed"] == 6_476_271_616 and not any("nominal" in w for w in ex.warnings)
     g = predict(law=law, params_b=7, bits=4, group_size=128, method="GPTQ (act-order)")
     assert g.features["bpw"] == pytest.approx(4.125) and g.features["method"] == "gptq"
     # the same numbers as the estimator on a hand-built row
