@@ -112,17 +112,13 @@ def fit_and_predict(
 
 
 def write_report(store: Path, out: Path, echo: Callable[[str], None]) -> Path | None:
-    """The report from ``qscale.report`` (its ``write_report`` / ``build_report``), or None if not available."""
+    """The report from ``qscale.report.write_report`` (runs table, laws under CV, figures), or None."""
     try:
-        import qscale.report as report
+        from qscale.report import write_report as _write_report
     except ImportError as err:
-        echo(f"[5/5] report: skipped ({err})")
+        echo(f"[5/5] report: skipped, qscale.report is not available ({err})")
         return None
-    fn = getattr(report, "write_report", None) or getattr(report, "build_report", None)
-    if fn is None:
-        echo("[5/5] report: skipped, qscale.report has no write_report/build_report yet")
-        return None
-    path = fn(runs=store, out=out / "report")
+    path = _write_report(runs=store, out=out / "report", models_dir=out / "models")
     echo(f"[5/5] report -> {path}")
     return Path(path) if path is not None else None
 

@@ -17,7 +17,7 @@ def test_ray_backend_matches_local_and_survives_a_killed_worker(tiny_models, tmp
 
     spec = parse_spec(
         {
-            "models": [str(m) for m in tiny_models],
+            "models": [str(tiny_models[0])],  # one model task: Ray start-up dominates, keep the rest small
             "formats": ["int8-pc", "int4-g32"],
             "eval": {"seq_len": 64, "max_tokens": 512},
             "features": ["sqnr_db"],
@@ -29,7 +29,7 @@ def test_ray_backend_matches_local_and_survives_a_killed_worker(tiny_models, tmp
 
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
-    monkeypatch.setenv(FAULT_ENV, str(fault_dir))  # workers inherit it: each model task dies once
+    monkeypatch.setenv(FAULT_ENV, str(fault_dir))  # workers inherit it: the model task's first attempt dies
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -39,8 +39,8 @@ def test_ray_backend_matches_local_and_survives_a_killed_worker(tiny_models, tmp
             rows = st.rows()
     finally:
         ray.shutdown()
-    assert len(list(fault_dir.iterdir())) == 2  # both first attempts really died
-    assert (res.n_ok, res.n_error, res.failures) == (4, 0, ())
+    assert len(list(fault_dir.iterdir())) == 1  # the first attempt really died
+    assert (res.n_ok, res.n_error, res.failures) == (2, 0, ())
     assert set(remote.index) == set(local.index)  # same run keys: same configurations
     for key in local.index:
         for col in ("nll", "float_nll", "dnll", "kld", "top1", "sqnr_db"):
