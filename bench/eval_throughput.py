@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> str:
             "measured: `python bench/eval_throughput.py --device cuda --preset full --max-tokens 16384`."
         )
     if notes:
-        pre.append("Skipped: " + "; ".join(notes) + ".")
+        pre.append("Models: " + "; ".join(notes) + ".")
     if not entries:
         pre.append(f"No trained model of preset {args.preset!r} found: train with `qscale zoo train`.")
     header = [
