@@ -51,11 +51,18 @@ def shared_tokenizer(zoo_root: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_zoo(zoo_root: Path) -> dict[str, Path]:
+    import torch
+
     from qscale.lm.locking import exclusive
     from qscale.lm.zoo import preset_hash, train_zoo
 
-    with exclusive(zoo_root / f"tiny-{preset_hash('tiny')}.lock"):
-        return train_zoo("tiny", root=zoo_root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription, same weights everywhere
+    try:
+        with exclusive(zoo_root / f".tiny-{preset_hash('tiny')}.lock"):
+            return train_zoo("tiny", root=zoo_root)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

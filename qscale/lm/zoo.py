@@ -16,7 +16,7 @@ qwen2    qwen2      RMSNorm, SwiGLU, RoPE, grouped-query attention (kv heads = h
 Presets (``ZOO_PRESETS``):
 
 * ``tiny``: 5 families x 3 sizes (d_model 32/64/96, 2 layers), seq 32, batch 8, 300 steps (76,800 tokens),
-  peak LR 1e-2/8e-3/5e-3; trains on 2 CPU cores in minutes (see ``bench/zoo.md``). For tests and smoke runs:
+  peak LR 5e-3/5e-3/4e-3; trains on 2 CPU cores in minutes (see ``bench/zoo.md``). For tests and smoke runs:
   these models only beat a unigram model by a few tenths of a nat, they are not good language models.
 * ``full``: 5 families x 5 sizes, non-embedding N from about 0.1M (d 64, 2 layers) to 25M (d 512, 8 layers),
   seq 256, batch 128, 610 steps (about 20M tokens) each, plus ``llama-s`` and ``llama-m`` at 5M and 80M tokens
@@ -177,7 +177,7 @@ _FULL_STEPS = 610  # x 128 x 256 = 19,988,480 tokens
 
 
 def _tiny() -> tuple[ZooSpec, ...]:
-    lr = {"s": 1e-2, "m": 8e-3, "l": 5e-3}
+    lr = {"s": 5e-3, "m": 5e-3, "l": 4e-3}
     return tuple(
         ZooSpec(
             name=f"tiny-{fam}-{size}",
