@@ -326,8 +326,12 @@ class RunStore:
             d[k] = _loads(d.get(k))
         return d
 
-    def to_frame(self, status: str | None = None, detail: bool = False) -> Any:
+    def to_frame(self, status: str | None = None, detail: bool = False, superseded: bool = False) -> Any:
         """The runs as a flat pandas DataFrame.
+
+        A model reference whose weights changed (a retrained zoo model, an overwritten checkpoint) has
+        runs under two identities; only the runs of its most recently measured identity are returned,
+        unless ``superseded=True``.
 
         Columns: :data:`FRAME_COLUMNS` (docs/interfaces.md), one column per feature, ``status``, ``run_key``.
         Every numeric column of this default frame is either an input a law may use or its target, so
@@ -335,7 +339,10 @@ class RunStore:
         outcomes (``float_bpb, dppl, dbpb, n_tokens, method_sqnr_db``, calibration and eval settings,
         ``time_*`` timings, ``error``, ``attempts``, ...), which must not be used as law inputs.
         """
-        return rows_to_frame(self.rows(status), detail=detail)
+        rows = self.rows(status)
+        if not superseded:
+            rows = drop_superseded(rows)
+        return rows_to_frame(rows, detail=detail)
 
     def export(
         self, out: str | Path, fmt: str | None = None, status: str | None = None, detail: bool = False
@@ -444,6 +451,20 @@ def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
     out["attempts"] = row.get("attempts")
     out["created_utc"] = row.get("created_utc")
     return out
+
+
+def drop_superseded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep, per model reference, the runs of the identity measured last (rows in store order).
+
+    Rows without an identity (a model that failed to load) are kept.
+    """
+    current: dict[str, str] = {}
+    for r in rows:  # oldest first: the last identity seen per reference wins
+        if r.get("model_identity"):
+            current[r["model_ref"]] = r["model_identity"]
+    return [
+        r for r in rows if not r.get("model_identity") or current.get(r["model_ref"]) == r["model_identity"]
+    ]
 
 
 def rows_to_frame(rows: Iterable[Mapping[str, Any]], detail: bool = False) -> Any:

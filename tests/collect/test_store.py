@@ -173,3 +173,15 @@ def test_empty_store_frame_and_export_round_trip(tmp_path):
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)
     back_csv = pd.read_csv(csv)
     assert list(back_csv["dnll"]) == [0.25, 0.5]
+
+
+def test_runs_of_a_superseded_model_identity_leave_the_frame(tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        st.put(_row("old1", model_identity="zoo:m@aaaa/0"))
+        st.put(_row("old2", model_identity="zoo:m@aaaa/0", format="int8-pc"))
+        st.put(_row("other", model_ref="zoo:n", model="zoo:n", model_identity="zoo:n@cccc/0"))
+        assert sorted(st.to_frame()["run_key"]) == ["old1", "old2", "other"]
+        st.put(_row("new1", model_identity="zoo:m@bbbb/0"))  # the model was retrained
+        assert sorted(st.to_frame()["run_key"]) == ["new1", "other"]
+        assert sorted(st.to_frame(superseded=True)["run_key"]) == ["new1", "old1", "old2", "other"]
+        assert len(st) == 4  # nothing is deleted
