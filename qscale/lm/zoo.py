@@ -15,9 +15,9 @@ qwen2    qwen2      RMSNorm, SwiGLU, RoPE, grouped-query attention (kv heads = h
 
 Presets (``ZOO_PRESETS``):
 
-* ``tiny``: 5 families x 3 sizes (d_model 32/64/96, 2 layers), seq 32, batch 8, 300 steps (76,800 tokens),
-  peak LR 5e-3/5e-3/4e-3; trains on 2 CPU cores in minutes (see ``bench/zoo.md``). For tests and smoke runs:
-  these models only beat a unigram model by a few tenths of a nat, they are not good language models.
+* ``tiny``: 5 families x 3 sizes (d_model 32/64/96, 2 layers), seq 64, batch 8, 300 steps (153,600 tokens),
+  peak LR 1e-2/1e-2/8e-3; trains on 2 CPU cores in minutes, two models at a time (see ``bench/zoo.md``). For
+  tests, the demo and smoke runs: small and briefly trained, not good language models.
 * ``full``: 5 families x 5 sizes, non-embedding N from about 0.1M (d 64, 2 layers) to 25M (d 512, 8 layers),
   seq 256, batch 128, 610 steps (about 20M tokens) each, plus ``llama-s`` and ``llama-m`` at 5M and 80M tokens
   (laws in N and D). Written for one CUDA GPU (bf16 autocast); ``bench/train_zoo_full.py`` runs it.
@@ -177,7 +177,7 @@ _FULL_STEPS = 610  # x 128 x 256 = 19,988,480 tokens
 
 
 def _tiny() -> tuple[ZooSpec, ...]:
-    lr = {"s": 5e-3, "m": 5e-3, "l": 4e-3}
+    lr = {"s": 1e-2, "m": 1e-2, "l": 8e-3}
     return tuple(
         ZooSpec(
             name=f"tiny-{fam}-{size}",
@@ -187,7 +187,7 @@ def _tiny() -> tuple[ZooSpec, ...]:
             d_model=d,
             n_layers=n_layers,
             n_heads=h,
-            seq_len=32,
+            seq_len=64,
             batch_size=8,
             steps=300,
             lr=lr[size],
@@ -407,11 +407,8 @@ def train_model(
 
     root = zoo_dir(root=root)
     out = root / spec.name
-    meta_path = out / ZOO_META
-    if not force and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("config_hash") == spec.config_hash() and meta.get("seed") == spec.seed:
-            return out
+    if not force and _is_trained(spec, root):
+        return out
 
     streams = token_streams(root)
     tok = shared_tokenizer(root)
@@ -510,10 +507,13 @@ def train_zoo(
     device: str = "cpu",
     force: bool = False,
     progress: Callable[[ZooSpec, Path, float], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Path]:
     """Train (or reuse) every model of ``preset`` for ``families``; returns name -> checkpoint directory.
 
     ``progress(spec, path, seconds)`` is called after each model (seconds = 0-ish when it was skipped).
+    ``workers``: on CPU, models train in this many processes at once, one torch thread each (default: the
+    number of CPU cores, at most 4), so the weights do not depend on the worker count; on CUDA one at a time.
     """
     specs = select(preset, families)
     if device.startswith("cuda"):
@@ -523,13 +523,51 @@ def train_zoo(
             raise ZooError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
     elif device != "cpu":
         raise ZooError(f"unknown device {device!r}. Valid choices: cpu, cuda, cuda:<index>.")
-    paths = {}
-    for spec in specs:
-        t = time.perf_counter()
-        paths[spec.name] = train_model(spec, root=root, device=device, force=force)
-        if progress is not None:
-            progress(spec, paths[spec.name], time.perf_counter() - t)
-    return paths
+    if workers is None:
+        workers = 1 if device != "cpu" else max(1, min(os.cpu_count() or 1, 4))
+    todo = [s for s in specs if force or not _is_trained(s, root)]
+    paths = {s.name: zoo_dir(s.name, root) for s in specs if s not in todo}
+    if progress is not None:
+        for s in specs:
+            if s not in todo:
+                progress(s, paths[s.name], 0.0)
+    if workers > 1 and device == "cpu" and len(todo) > 1:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        shared_tokenizer(root)  # build the shared caches once, before the workers read them
+        token_streams(root)
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            started = {pool.submit(_train_one_thread, s, root, force): (s, time.perf_counter()) for s in todo}
+            for fut in cf.as_completed(started):
+                s, t = started[fut]
+                paths[s.name] = Path(fut.result())
+                if progress is not None:
+                    progress(s, paths[s.name], time.perf_counter() - t)
+    else:
+        for spec in todo:
+            t = time.perf_counter()
+            paths[spec.name] = train_model(spec, root=root, device=device, force=force)
+            if progress is not None:
+                progress(spec, paths[spec.name], time.perf_counter() - t)
+    return {s.name: paths[s.name] for s in specs}
+
+
+def _is_trained(spec: ZooSpec, root: str | Path | None) -> bool:
+    meta_path = zoo_dir(spec.name, root) / ZOO_META
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("config_hash") == spec.config_hash() and meta.get("seed") == spec.seed
+
+
+def _train_one_thread(spec: ZooSpec, root: str | Path | None, force: bool) -> str:
+    """Worker-process entry: one torch thread, so a model's weights do not depend on how many run at once."""
+    import torch
+
+    torch.set_num_threads(1)
+    return str(train_model(spec, root=root, device="cpu", force=force))
 
 
 @dataclass(frozen=True)
