@@ -345,6 +345,12 @@ class ParametricLaw(LawEstimator):
 
         B = self.basis(D)
         n, p = B.shape
+        if not self.use_published and np.linalg.matrix_rank(B) < p:
+            const = [
+                f for f in self.features_ if self.feature_info_[f]["transform"] != "cat" and np.ptp(D[f]) == 0
+            ]
+            why = f"feature(s) {const} are constant in the data" if const else "its basis is rank-deficient"
+            raise LawError(f"law '{self.name}' is not identifiable here: {why}")
         if self.use_published:
             if self.published is None:
                 raise LawError(f"law '{self.name}' has no published constants")

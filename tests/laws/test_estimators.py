@@ -166,3 +166,12 @@ def test_wls_weights_match_statsmodels_and_downweight_outliers(ouyang_data):
     assert err(wls) < 0.06 < 0.5 * err(ols)  # noise sd 0.05 -> mean |err| ~ 0.04
     with pytest.raises(LawError, match=r"\['nope'\]"):
         OLSLaw(features=feats, weights="nope").fit(df)
+
+
+def test_unidentifiable_law_is_refused(ouyang_data):
+    df = ouyang_data.assign(train_tokens=1e6)  # D constant: log D is collinear with the intercept
+    with pytest.raises(
+        LawError, match=r"not identifiable here: feature\(s\) \['train_tokens'\] are constant"
+    ):
+        OuyangLaw(features=NDP).fit(df)
+    assert OuyangLaw(features=NDP, use_published=True).fit(df).predict(df.head(1)).iloc[0] > 0
