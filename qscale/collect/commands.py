@@ -179,13 +179,23 @@ def demo_cmd(
     spec_path: Path = typer.Option(Path("data/sweeps/demo.yaml"), "--spec", help="The demo sweep."),
     out: Path = typer.Option(Path("reports/demo"), "--out", help="Where the law and the report go."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    estimators: str = typer.Option(
+        "all", "--estimators", help="Law presets to compare: 'all' or a comma list."
+    ),
 ) -> None:
     """The whole job on the tiny zoo: train it if missing, collect, fit laws, predict a held-out family, report."""
     from qscale.collect.demo import DemoError, run_demo
 
     _quiet_transformers()
     try:
-        summary = run_demo(store=store, spec_path=spec_path, out=out, progress=progress, echo=typer.echo)
+        summary = run_demo(
+            store=store,
+            spec_path=spec_path,
+            out=out,
+            progress=progress,
+            echo=typer.echo,
+            estimators=estimators,
+        )
     except DemoError as err:
         _fail(str(err))
     if summary["failed"]:

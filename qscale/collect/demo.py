@@ -50,7 +50,11 @@ def ensure_zoo(echo: Callable[[str], None], preset: str = "tiny") -> float:
 
 
 def fit_and_predict(
-    store: Path, out: Path, echo: Callable[[str], None], held_out: str = HELD_OUT_FAMILY
+    store: Path,
+    out: Path,
+    echo: Callable[[str], None],
+    held_out: str = HELD_OUT_FAMILY,
+    estimators: str = "all",
 ) -> dict[str, Any] | None:
     """Fit laws on every family except ``held_out``; predict the held-out family's runs.
 
@@ -72,7 +76,7 @@ def fit_and_predict(
         held_out = families[-1]
     train = FitData(data.kind, frame[frame["family"] != held_out].reset_index(drop=True), data.source)
     test = frame[frame["family"] == held_out].reset_index(drop=True)
-    names = parse_estimators("all", data.kind)
+    names = parse_estimators(estimators, data.kind)
     echo(f"[3/5] laws: {len(names)} estimators, leave-one-family-out CV on {len(train.frame)} runs "
          f"({len(families) - 1} families; {held_out} held out)")  # fmt: skip
     scores = compare_estimators(train, names, ("family",))
@@ -111,14 +115,14 @@ def fit_and_predict(
     return summary
 
 
-def write_report(store: Path, out: Path, echo: Callable[[str], None]) -> Path | None:
+def write_report(store: Path, out: Path, echo: Callable[[str], None], estimators: str = "all") -> Path | None:
     """The report from ``qscale.report.write_report`` (runs table, laws under CV, figures), or None."""
     try:
         from qscale.report import write_report as _write_report
     except ImportError as err:
         echo(f"[5/5] report: skipped, qscale.report is not available ({err})")
         return None
-    path = _write_report(runs=store, out=out / "report", models_dir=out / "models")
+    path = _write_report(runs=store, out=out / "report", models_dir=out / "models", estimators=estimators)
     echo(f"[5/5] report -> {path}")
     return Path(path) if path is not None else None
 
@@ -129,8 +133,12 @@ def run_demo(
     out: Path,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    estimators: str = "all",
 ) -> dict[str, Any]:
-    """Run the five demo steps; returns a summary with the measured timings."""
+    """Run the five demo steps; returns a summary with the measured timings.
+
+    ``estimators``: law presets compared ("all" or a comma list, see ``qscale fit --help``).
+    """
     from qscale.collect.runner import collect
     from qscale.collect.spec import SpecError, load_spec
     from qscale.collect.store import RunStore
@@ -158,12 +166,12 @@ def run_demo(
         raise DemoError(f"no finished runs in {store}; see `qscale runs list --store {store}`")
     summary["failed"] = []
     try:
-        summary["laws"] = fit_and_predict(store, out, echo)
+        summary["laws"] = fit_and_predict(store, out, echo, estimators=estimators)
     except Exception as err:  # the collected data stays; say what broke
         summary["failed"].append(f"laws: {type(err).__name__}: {err}")
         echo(f"[3/5] laws: FAILED ({type(err).__name__}: {err})")
     try:
-        summary["report"] = str(write_report(store, out, echo))
+        summary["report"] = str(write_report(store, out, echo, estimators=estimators))
     except Exception as err:
         summary["failed"].append(f"report: {type(err).__name__}: {err}")
         echo(f"[5/5] report: FAILED ({type(err).__name__}: {err})")
