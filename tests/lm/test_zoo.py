@@ -70,7 +70,7 @@ def test_metadata_and_skip(zoo_root, streams, tmp_path):
     spec = _micro()
     path = train_model(spec, root=root)
     meta = json.loads((path / "qscale_zoo.json").read_text())
-    assert meta["train_tokens"] == spec.steps * spec.batch_size * spec.seq_len == 4 * 8 * 32 == 1024
+    assert meta["train_tokens"] == spec.steps * spec.batch_size * spec.seq_len == 4 * 8 * 64 == 2048
     assert meta["config_hash"] == spec.config_hash() and meta["seed"] == 0
     for key in ("wall_time_s", "hardware", "torch", "qscale", "final_train_loss", "val_loss", "preset"):
         assert key in meta
