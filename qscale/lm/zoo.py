@@ -523,6 +523,7 @@ def train_zoo(
             raise ZooError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
     elif device != "cpu":
         raise ZooError(f"unknown device {device!r}. Valid choices: cpu, cuda, cuda:<index>.")
+    root = zoo_dir(root=root)
     if workers is None:
         workers = 1 if device != "cpu" else max(1, min(os.cpu_count() or 1, 4))
     todo = [s for s in specs if force or not _is_trained(s, root)]
@@ -539,12 +540,13 @@ def train_zoo(
         token_streams(root)
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            started = {pool.submit(_train_one_thread, s, root, force): (s, time.perf_counter()) for s in todo}
+            started = {pool.submit(_train_one_thread, s, root, force): s for s in todo}
             for fut in cf.as_completed(started):
-                s, t = started[fut]
-                paths[s.name] = Path(fut.result())
+                s = started[fut]
+                path, seconds = fut.result()
+                paths[s.name] = Path(path)
                 if progress is not None:
-                    progress(s, paths[s.name], time.perf_counter() - t)
+                    progress(s, paths[s.name], seconds)
     else:
         for spec in todo:
             t = time.perf_counter()
@@ -562,12 +564,16 @@ def _is_trained(spec: ZooSpec, root: str | Path | None) -> bool:
     return meta.get("config_hash") == spec.config_hash() and meta.get("seed") == spec.seed
 
 
-def _train_one_thread(spec: ZooSpec, root: str | Path | None, force: bool) -> str:
-    """Worker-process entry: one torch thread, so a model's weights do not depend on how many run at once."""
+def _train_one_thread(spec: ZooSpec, root: str | Path | None, force: bool) -> tuple[str, float]:
+    """Worker-process entry: one torch thread, so a model's weights do not depend on how many run at once.
+
+    Returns the checkpoint directory and the seconds this model took (not counting time queued)."""
     import torch
 
     torch.set_num_threads(1)
-    return str(train_model(spec, root=root, device="cpu", force=force))
+    t = time.perf_counter()
+    path = train_model(spec, root=root, device="cpu", force=force)
+    return str(path), time.perf_counter() - t
 
 
 @dataclass(frozen=True)
