@@ -87,6 +87,10 @@ _NOT_FEATURES = {
 }
 
 
+#: Damage measures of a run besides dnll that a zoo law may be fitted to (``qscale fit --target kld``).
+ALT_TARGETS = ("kld", "top1")
+
+
 def zoo_table(frame: pd.DataFrame, ok_status: str = "ok") -> pd.DataFrame:
     """The law-fitting table from ``RunStore(path).to_frame()``: finished runs with a finite ``dnll``.
 
@@ -110,7 +114,9 @@ def zoo_table(frame: pd.DataFrame, ok_status: str = "ok") -> pd.DataFrame:
         for c in df.columns
         if c not in keep and c not in _NOT_FEATURES and c != "dnll" and pd.api.types.is_numeric_dtype(df[c])
     ]
-    out = df[keep + extra + ["dnll"]].copy()
+    # other damage measures stay in the table as alternative targets (--target kld), never as features
+    targets = ["dnll", *[c for c in ALT_TARGETS if c in df.columns]]
+    out = df[keep + extra + targets].copy()
     for col in ("n_params", "n_nonembed", "train_tokens", "float_nll", "bits_per_element", "sqnr_db"):
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)

@@ -108,6 +108,10 @@ _PRESETS: dict[str, tuple[str, Factory]] = {
             features=("sqnr_db", k.n, *_present(f, ("trace_per_param",))), **_common(k)
         ),
     ),
+    "second-order-direct": (
+        "qscale: the measured second-order change g.D + 1/2 D^T H D along Q(W) - W, calibrated (+ SQNR)",
+        lambda k, f: LogLinearLaw(features=("qdir_pred_dloss", "sqnr_db"), **_common(k)),
+    ),
     "ols": (
         "statsmodels OLS on asinh-log damage",
         lambda k, f: OLSLaw(
@@ -142,7 +146,11 @@ def _flex(k: DataKind, frame: pd.DataFrame | None) -> tuple[str, ...]:
 
 
 #: Estimators that need columns a kind of data does not have.
-_NEEDS = {"sqnr-only": ("sqnr_db",), "second-order": ("sqnr_db",)}
+_NEEDS = {
+    "sqnr-only": ("sqnr_db",),
+    "second-order": ("sqnr_db",),
+    "second-order-direct": ("qdir_pred_dloss", "sqnr_db"),
+}
 
 
 def estimator_names(kind: str | None = None) -> list[str]:
