@@ -5,11 +5,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ouyang_frame
 
 from qscale.laws.artifacts import Law, data_hash, list_laws, load_law, save_law
 from qscale.laws.estimators import LawError
 from qscale.laws.registry import make_estimator
+from tests.laws.conftest import ouyang_frame
 
 
 def _zoo_df():

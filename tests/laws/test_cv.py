@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ouyang_frame
 
 from qscale.laws.cv import compare, cross_validate, leave_one_group_out, metrics, spearman_within
 from qscale.laws.estimators import LawError, LogLinearLaw
+from tests.laws.conftest import ouyang_frame
 
 
 class SpyLaw(LogLinearLaw):

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import OUYANG, ouyang_frame, sqnr_frame
 
 from qscale.laws.estimators import (
     ForestLaw,
@@ -20,6 +19,7 @@ from qscale.laws.estimators import (
     to_z,
 )
 from qscale.laws.registry import make_estimator
+from tests.laws.conftest import OUYANG, ouyang_frame, sqnr_frame
 
 NDP = ("n_nonembed", "train_tokens", "bits_per_element")
 

@@ -77,7 +77,7 @@ def test_metadata_and_skip(zoo_root, streams, tmp_path):
     lm = load(str(path))
     assert lm.facts.n_params == meta["n_params"] and lm.facts.n_nonembed == meta["n_nonembed"]
     assert lm.facts.identity == f"zoo:tiny-llama-s@{spec.config_hash()}/0"
-    assert lm.facts.train_tokens == 1024
+    assert lm.facts.train_tokens == 2048
     # a second call with the same spec is a no-op; a changed recipe retrains
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert train_model(spec, root=root) == path
