@@ -90,15 +90,15 @@ def _coefficients(data: FitData, names: list[str]) -> list[str]:
     return out
 
 
-def _zoo_targets(scores: pd.DataFrame, results: dict, alpha: float) -> list[str]:
-    lines = ["### Targets (zoo, measured)", ""]
+def _zoo_targets(scores: pd.DataFrame, results: dict, alpha: float, target: str = "dnll") -> list[str]:
+    lines = [f"### Targets (zoo, {target}, measured)", ""]
     best = _best(scores, "family")
     if best is None:
         return [*lines, "No estimator could be scored under leave-one-family-out CV.", ""]
     res = results[(best, "family")]
     p = res.predictions
     fam_col = "family" if "family" in p.columns else "fold"
-    per_fam = {f: spearman_within(sub, "pred", "dnll", "model") for f, sub in p.groupby(fam_col)}
+    per_fam = {f: spearman_within(sub, "pred", target, "model") for f, sub in p.groupby(fam_col)}
     bits = results.get(("bits-only", "family"))
     mae, cov = res.scores["mae"], res.scores["coverage"]
     lines += [
@@ -176,6 +176,58 @@ def _laws_section(models_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+#: Zoo damage measures the report fits and scores, each in its own section (the first is the default target).
+ZOO_TARGETS = ("dnll", "kld")
+_TARGET_TEXT = {
+    "dnll": "dnll = quantized NLL - float NLL (nats/token)",
+    "kld": "kld = mean token KL(float || quantized) (nats/token), always >= 0",
+}
+
+
+def _zoo_section(
+    data: FitData, target: str, out: Path, estimators: str, alpha: float, schemes, first: bool
+) -> list[str]:
+    zoo = data.frame
+    suffix = "" if first else f"_{target}"
+    if first:
+        write_table(
+            _runs_pivot(zoo), out / "runs", title=f"dnll (nats/token) by model x format ({data.source})"
+        )
+        plot_damage_vs_bits(zoo, out / "dnll_vs_bits.png", title="measured dnll vs bits per element")
+    names = parse_estimators(estimators, "zoo")
+    scores, results = evaluate(data, names, schemes or DEFAULT_SCHEMES["zoo"], alpha)
+    _dump_predictions(results, out / f"cv_zoo{suffix}.csv")
+    lines = [
+        f"## Zoo runs, target {target} ({len(zoo)} runs, {zoo['model'].nunique()} models, "
+        f"{zoo['family'].nunique()} families; `{data.source}`)",
+        "",
+        f"Target: {_TARGET_TEXT.get(target, target)}. `mae_largest`: the fold holding out each",
+        "family's largest model (size = rank of N within the family).",
+        "",
+        _score_table(scores, ("mae_largest", "spearman_largest")),
+        "",
+        *_notes(scores),
+        *_zoo_targets(scores, results, alpha, target),
+        "### Coefficients (fitted on all zoo runs, 95% CI)",
+        "",
+        *_coefficients(data, [n for n in names if n not in ("forest", "boosting", "gp")]),
+    ]
+    best = _best(scores, "family")
+    if best is not None:
+        png = f"pred_vs_measured_zoo{suffix}.png"
+        plot_pred_vs_measured(
+            results[(best, "family")].predictions,
+            target,
+            out / png,
+            color="family" if "family" in results[(best, "family")].predictions else None,
+            title=f"zoo {target}, leave-one-family-out: {best}",
+        )
+        lines += [f"![predicted vs measured]({png})", ""]
+        if first:
+            lines += ["![dnll vs bits](dnll_vs_bits.png)", ""]
+    return lines
+
+
 def write_report(
     runs: str | Path | None = None,
     out: str | Path = "reports",
@@ -206,45 +258,14 @@ def write_report(
         "",
     ]
     if runs is not None:
-        data = load_fit_data(runs=runs)
-        zoo = data.frame
-        write_table(
-            _runs_pivot(zoo), out / "runs", title=f"dnll (nats/token) by model x format ({data.source})"
-        )
-        plot_damage_vs_bits(zoo, out / "dnll_vs_bits.png", title="measured dnll vs bits per element")
-        names = parse_estimators(estimators, "zoo")
-        scores, results = evaluate(data, names, schemes or DEFAULT_SCHEMES["zoo"], alpha)
-        _dump_predictions(results, out / "cv_zoo.csv")
-        lines += [
-            f"## Zoo runs ({len(zoo)} runs, {zoo['model'].nunique()} models, {zoo['family'].nunique()} families; "
-            f"`{data.source}`)",
-            "",
-            "Target: dnll = quantized NLL - float NLL (nats/token). `mae_largest`: the fold holding out each",
-            "family's largest model (size = rank of N within the family).",
-            "",
-            _score_table(scores, ("mae_largest", "spearman_largest")),
-            "",
-            *_notes(scores),
-            *_zoo_targets(scores, results, alpha),
-            "### Coefficients (fitted on all zoo runs, 95% CI)",
-            "",
-            *_coefficients(data, [n for n in names if n not in ("forest", "boosting", "gp")]),
-        ]
-        best = _best(scores, "family")
-        if best is not None:
-            plot_pred_vs_measured(
-                results[(best, "family")].predictions,
-                "dnll",
-                out / "pred_vs_measured_zoo.png",
-                color="family" if "family" in results[(best, "family")].predictions else None,
-                title=f"zoo, leave-one-family-out: {best}",
-            )
-            lines += [
-                "![predicted vs measured](pred_vs_measured_zoo.png)",
-                "",
-                "![dnll vs bits](dnll_vs_bits.png)",
-                "",
-            ]
+        for i, target in enumerate(ZOO_TARGETS):
+            try:
+                data = load_fit_data(runs=runs, target=target) if i else load_fit_data(runs=runs)
+            except LawError:  # the runs lack this damage measure (e.g. collected without a reference)
+                if i == 0:
+                    raise
+                continue
+            lines += _zoo_section(data, target, out, estimators, alpha, schemes, first=(i == 0))
     if public:
         data = load_fit_data(public=True)
         names = parse_estimators(estimators, "public")

@@ -94,8 +94,9 @@ def test_write_report_zoo_end_to_end(tmp_path):
     out = tmp_path / "reports"
     path = qscale_report(runs, out)
     text = path.read_text()
-    assert path.name == "laws.md" and "## Zoo runs (36 runs, 9 models, 3 families" in text
-    assert "### Targets (zoo, measured)" in text and "Spearman within llama models" in text
+    assert path.name == "laws.md" and "## Zoo runs, target dnll (36 runs, 9 models, 3 families" in text
+    assert "### Targets (zoo, dnll, measured)" in text and "Spearman within llama models" in text
+    assert ("## Zoo runs, target kld" in text) == ("kld" in synthetic_runs().columns)
     for f in (
         "runs.md",
         "runs.csv",
