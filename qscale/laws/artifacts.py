@@ -45,7 +45,13 @@ _SKOPS_MODEL_TYPES = {
     "gp": "sklearn.gaussian_process._gpr.GaussianProcessRegressor",
 }
 
-TARGET_UNITS = {"dnll": "nats/token", "log_ppl_ratio": "nats/token (log ppl ratio)", "delta_ppl": "ppl"}
+TARGET_UNITS = {
+    "dnll": "nats/token",
+    "log_ppl_ratio": "nats/token (log ppl ratio)",
+    "delta_ppl": "ppl",
+    "kld": "nats/token (KL to the float model)",
+    "top1": "fraction of tokens",
+}
 
 
 @dataclass

@@ -243,19 +243,29 @@ def predict_cmd(
         typer.echo(json.dumps(out, indent=2, default=str))
         return
     level = f"{1 - alpha:.0%}"
+    p0 = preds[0]
+    # features equal for every format (model-level) print once; the rest print on each format's line
+    shared = {k for k, v in p0.features.items() if all(p.features.get(k) == v for p in preds)}
     for p in preds:
         what = f"{p.format or ''}".strip() or "(given features)"
         bpe = f"{p.bits_per_element:.3g} b/elem" if p.bits_per_element is not None else ""
+        own = ", ".join(f"{k}={_fmt(v)}" for k, v in p.features.items() if k not in shared)
         typer.echo(
             f"{what:22s} {bpe:14s} {p.target} = {p.value:.4g} [{level}: {p.lo:.4g}, {p.hi:.4g}] {p.unit}"
+            + (f"   ({own})" if own else "")
         )
         if deltas is not None:
             dv, dlo, dhi = p.delta_ppl(baseline_ppl)
             typer.echo(
                 f"{'':37s} delta_ppl = {dv:+.4g} [{level}: {dlo:+.4g}, {dhi:+.4g}] vs {baseline_ppl:g}"
             )
-    p0 = preds[0]
-    typer.echo("features: " + ", ".join(f"{k}={_fmt(v)} ({p0.costs.get(k)})" for k, v in p0.features.items()))
+    typer.echo(
+        "features: "
+        + ", ".join(
+            f"{k}={_fmt(v)} ({p0.costs.get(k)})" if k in shared else f"{k} ({p0.costs.get(k)}, per format)"
+            for k, v in p0.features.items()
+        )
+    )
     for w in dict.fromkeys(w for p in preds for w in p.warnings):
         typer.secho(f"warning: {w}", fg="yellow", err=True)
     if budget is not None:
