@@ -25,6 +25,8 @@ from qscale.laws.artifacts import TARGET_UNITS, Law, load_law
 from qscale.laws.estimators import LawError
 
 FORMAT_FEATURES = ("bits_per_element", "element_bits", "fmt_family")
+#: Damage measures that cannot be negative: interval lower bounds are clipped at 0.
+NONNEGATIVE_TARGETS = frozenset({"kld"})
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ def _finish(
         )
     warns = warns + dom
     pi = est.predict_interval(X, alpha=alpha).iloc[0]
+    lo = float(pi["lo"])
+    if est.target in NONNEGATIVE_TARGETS:  # a symmetric (conformal) band must not promise a negative KL
+        lo = max(lo, 0.0)
     return Prediction(
         value=float(pi["pred"]),
-        lo=float(pi["lo"]),
+        lo=lo,
         hi=float(pi["hi"]),
         unit=TARGET_UNITS.get(est.target, "?"),
         law=law.name,

@@ -54,3 +54,16 @@ def test_kld_is_a_target_not_a_feature(tmp_path):
     assert c["d"] == pytest.approx(1.0, abs=0.05) and c["b"] == pytest.approx(0.2, abs=0.05)
     with pytest.raises(ValueError, match="target 'klx' is not a column"):
         load_fit_data(runs=p, target="klx")
+
+
+def test_kld_interval_never_below_zero(tmp_path):
+    from qscale.laws.artifacts import Law
+    from qscale.laws.predict import predict
+
+    frame = _frame()
+    est = make_estimator("bits-only", "zoo", frame, "kld").fit(frame, groups=frame["family"].to_numpy())
+    law = Law(name="k", estimator=est, kind="zoo", preset="bits-only")
+    raw = est.predict_interval(pd.DataFrame([{"bits_per_element": 8.0}]), alpha=0.1).iloc[0]
+    p = predict(law=law, bits_per_element=8.0)
+    assert raw["lo"] < 0 <= p.lo == 0.0  # the raw conformal band dips below 0; the prediction does not
+    assert p.value == pytest.approx(raw["pred"]) and p.hi == pytest.approx(raw["hi"])
