@@ -7,30 +7,19 @@ import string
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from qscale.corpora import calibration_batch, read_split
 from qscale.corpora import windows as W
 from qscale.corpora.calibration import calibration_corpora
 from qscale.corpora.windows import STREAM_CACHE, WindowError, tokenize_documents
+from tests.helpers import small_bpe
 
 EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[EOT, "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(read_split("lee_news", "train")[:60], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, pad_token="<pad>")
+    return small_bpe(read_split("lee_news", "train")[:60], 400, extra_special=("<pad>",), pad="<pad>")
 
 
 def _matches(haystack: np.ndarray, needle: np.ndarray) -> np.ndarray:

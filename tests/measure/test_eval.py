@@ -8,29 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from qscale.corpora import read_split
 from qscale.corpora.windows import tokenize_documents, windows_from_documents
 from qscale.measure import ReferenceOutputs, evaluate, evaluate_windows, reference_outputs
+from tests.helpers import small_bpe
 
 EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=384,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(read_split("lee_news", "train")[:60], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    return small_bpe(read_split("lee_news", "train")[:60], 384)
 
 
 def _model(vocab: int, seed: int = 0, init: float = 0.3) -> GPT2LMHeadModel:

@@ -8,31 +8,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 from typer.testing import CliRunner
 
 import qscale.lm
 from qscale.cli import app
 from qscale.corpora import read_split
 from qscale.measure import evaluate
+from tests.helpers import small_bpe
 
 EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def lm():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(read_split("lee_news", "train")[:40], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    tok = small_bpe(read_split("lee_news", "train")[:40], 320)
     torch.manual_seed(0)
     cfg = GPT2Config(
         vocab_size=len(tok), n_positions=64, n_embd=64, n_layer=2, n_head=2, attn_implementation="eager"

@@ -25,31 +25,19 @@ import pytest
 import torch
 
 from qscale.quantize import quantized
+from tests.helpers import EOT, small_bpe
 
-EOT = "<|endoftext|>"
 SEQ = 64
 
 
 @pytest.fixture(scope="module")
 def trained():
     import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from qscale.corpora import read_split
 
     docs = read_split("lee_news", "train")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(docs, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    tok = small_bpe(docs, 512)
     train = torch.tensor(tok(EOT.join(docs))["input_ids"])
     val = torch.tensor(tok(EOT.join(read_split("lee_news", "validation")))["input_ids"])
 

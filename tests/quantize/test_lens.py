@@ -8,28 +8,18 @@ import json
 import pytest
 import torch
 
+from tests.helpers import small_bpe
+
 EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def lm():
     import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from qscale.corpora import read_split
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=384,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(read_split("lee_news", "train")[:60], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    tok = small_bpe(read_split("lee_news", "train")[:60], 384)
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(
         vocab_size=len(tok),
