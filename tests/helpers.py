@@ -27,3 +27,44 @@ def small_bpe(
     bpe.train_from_iterator(texts, trainer)
     extra = {"pad_token": pad} if pad is not None else {}
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, **extra)
+
+
+def tiny_lm(family: str, seed: int = 0):
+    """A randomly initialised 2-layer causal LM (width 64, vocab 128, context 64) of a transformers family,
+    in eval mode; weights drawn under ``torch.manual_seed(seed)``. Families: llama, gpt2, opt, neox, qwen2, gemma."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = {"vocab_size": 128, "max_position_embeddings": 64}
+    gqa = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2}  # fmt: skip
+    if family == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**gqa, **common))
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(
+            vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+        )
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "opt":
+        cfg = tf.OPTConfig(
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=64,
+            **common,
+        )
+        model = tf.OPTForCausalLM(cfg)
+    elif family == "neox":
+        cfg = tf.GPTNeoXConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **common
+        )
+        model = tf.GPTNeoXForCausalLM(cfg)
+    elif family == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**gqa, **common))
+    elif family == "gemma":
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(**gqa, head_dim=16, **common))
+    else:
+        raise ValueError(f"unknown family {family!r}; valid: llama, gpt2, opt, neox, qwen2, gemma")
+    return model.eval()

@@ -9,22 +9,7 @@ import torch
 from qscale.formats import get_format
 from qscale.quantize import MethodError, quantized
 from qscale.quantize.activation import ActivationQuantizer
-
-
-def tiny_llama(seed: int = 0):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    cfg = tf.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return tf.LlamaForCausalLM(cfg).eval()
+from tests.helpers import tiny_lm
 
 
 def int8_ref(x, amax):
@@ -50,7 +35,7 @@ FIRST = "model.layers.0.self_attn.q_proj"  # its input does not depend on any qu
 
 
 def test_per_token_int8_matches_hand_reference():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     x = capture_input(model, FIRST, IDS)
     with quantized(model, None, method="act-quant", params={"w": None, "a": "int8"}) as info:
         xq = capture_input(model, FIRST, IDS)
@@ -82,7 +67,7 @@ def test_mx_activation_scales_are_per_token():
 
 
 def test_static_scale_calibrated_absmax_and_saturation():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     calib = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(2))
     # the calibration absmax of the first layer's input, computed independently
     amax = 0.0
@@ -111,7 +96,7 @@ def test_static_scale_calibrated_absmax_and_saturation():
 
 
 def test_static_mx_and_bad_choices_are_clear_errors():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     calib = torch.randint(0, 128, (2, 8))
     with (
         pytest.raises(MethodError, match="MX"),
@@ -137,7 +122,7 @@ def test_static_mx_and_bad_choices_are_clear_errors():
 
 
 def test_w8a8_w4a8_w4a4_error_ordering():
-    model = tiny_llama(seed=3)
+    model = tiny_lm("llama", seed=3)
     ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(ids).logits
@@ -157,7 +142,7 @@ def test_w8a8_w4a8_w4a4_error_ordering():
 
 
 def test_weights_with_gptq_under_activation_quant():
-    model = tiny_llama(seed=4)
+    model = tiny_lm("llama", seed=4)
     calib = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(4))
     with quantized(
         model, "int4-g32", method="act-quant", params={"a": "int8", "w_method": "gptq"}, calib=calib

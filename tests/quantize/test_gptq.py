@@ -14,6 +14,7 @@ from qscale.quantize.gptq import (
     find_blocks,
     gptq_quantize_weight,
 )
+from tests.helpers import tiny_lm
 
 
 class GridFmt:
@@ -181,59 +182,9 @@ def test_dead_inputs_are_zeroed_and_counted():
 # ----------------------------------------------------------------------------------------- pipeline on tiny models
 
 
-def tiny_model(family: str, seed: int = 0):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    common = {"vocab_size": 128, "max_position_embeddings": 64}
-    if family == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-        model = tf.LlamaForCausalLM(cfg)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-        )
-        model = tf.GPT2LMHeadModel(cfg)
-    elif family == "opt":
-        cfg = tf.OPTConfig(
-            hidden_size=64,
-            ffn_dim=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            word_embed_proj_dim=64,
-            **common,
-        )
-        model = tf.OPTForCausalLM(cfg)
-    elif family == "neox":
-        cfg = tf.GPTNeoXConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **common
-        )
-        model = tf.GPTNeoXForCausalLM(cfg)
-    elif family == "qwen2":
-        cfg = tf.Qwen2Config(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-        model = tf.Qwen2ForCausalLM(cfg)
-    else:
-        raise ValueError(family)
-    return model.eval()
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "neox", "qwen2"])
 def test_pipeline_all_families_beats_rtn_and_restores(family):
-    model = tiny_model(family)
+    model = tiny_lm(family)
     g = torch.Generator().manual_seed(0)
     calib = torch.randint(0, 128, (8, 32), generator=g)
     held = torch.randint(0, 128, (4, 32), generator=g)
@@ -260,7 +211,7 @@ def test_pipeline_all_families_beats_rtn_and_restores(family):
 def test_pipeline_true_sequential_sees_quantized_predecessors():
     """o_proj's Hessian in the true-sequential run is computed on outputs of the quantized q/k/v, so the two
     variants differ exactly from the first layer that follows an already-quantized group."""
-    model = tiny_model("llama", seed=1)
+    model = tiny_lm("llama", seed=1)
     calib = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
     fmt = get_format("int3-g32")
     qs = {}
@@ -279,7 +230,7 @@ def test_pipeline_true_sequential_sees_quantized_predecessors():
 
 
 def test_gptq_needs_calibration():
-    model = tiny_model("llama")
+    model = tiny_lm("llama")
     with pytest.raises(MethodError, match="calibration"), quantized(model, "int4", method="gptq"):
         pass
     with (

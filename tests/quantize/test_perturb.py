@@ -11,26 +11,11 @@ import torch
 from qscale.formats import get_format
 from qscale.quantize import MethodError, quantized
 from qscale.quantize.perturb import perturb_tensor
+from tests.helpers import tiny_lm
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def tiny_llama(seed: int = 0):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    cfg = tf.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return tf.LlamaForCausalLM(cfg).eval()
 
 
 ROW = torch.tensor([[3.0, -1.0, 2.0, 0.0]])  # norm sqrt(14) = 3.742
@@ -85,7 +70,7 @@ def test_clip_by_norm_and_by_quantile():
 
 
 def test_method_seeds_records_and_restore():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = {"noise": "gaussian", "rel": 0.1, "seed": 7}
     with quantized(model, None, method="perturb", params=params) as info:
@@ -102,7 +87,7 @@ def test_method_seeds_records_and_restore():
 
 
 def test_activation_noise_per_token():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     ids = torch.randint(0, 128, (2, 16), generator=gen(9))
     name = "model.layers.0.self_attn.q_proj"
     mod = dict(model.named_modules())[name]
@@ -122,7 +107,7 @@ def test_activation_noise_per_token():
 
 
 def test_bad_parameters_are_clear():
-    model = tiny_llama()
+    model = tiny_lm("llama")
     cases = [
         ({"rel": 0.1, "match": "int4"}, "not both"),
         ({"mode": "independent"}, "needs a strength"),
@@ -136,7 +121,7 @@ def test_bad_parameters_are_clear():
 
 
 def test_cbrt_w4_on_cube_root_grid_and_w8a8_per_token():
-    model = tiny_llama(seed=2)
+    model = tiny_lm("llama", seed=2)
     ref = model.model.layers[1].mlp.down_proj.weight.detach().clone()  # (64, 128)
     with quantized(model, None, method="cbrt", params={"config": "w4", "group": 32}) as info:
         q = model.model.layers[1].mlp.down_proj.weight.detach().clone()

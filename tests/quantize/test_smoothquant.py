@@ -10,41 +10,11 @@ import torch
 from qscale.lm.layers import linear_layers
 from qscale.quantize import MethodError, quantized
 from qscale.quantize.smoothquant import _probe_one_plus, find_norm_groups, smooth_model
+from tests.helpers import tiny_lm
 
 
 def tiny(family: str, seed: int = 0):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    kw = {"vocab_size": 128, "max_position_embeddings": 64}
-    if family == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **kw,
-        )
-        model = tf.LlamaForCausalLM(cfg)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-        )
-        model = tf.GPT2LMHeadModel(cfg)
-    elif family == "gemma":
-        cfg = tf.GemmaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            **kw,
-        )
-        model = tf.GemmaForCausalLM(cfg)
-    else:
-        raise ValueError(family)
+    model = tiny_lm(family, seed)
     # non-trivial norm weights and biases so that folding is really exercised
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
