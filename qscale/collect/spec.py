@@ -298,36 +298,20 @@ def _parse_models(value: Any, errors: list[str]) -> list[str]:
 
 
 def _parse_formats(value: Any, errors: list[str]) -> list[str]:
-    try:
-        from qscale.formats import get_format
-    except ImportError as err:
-        errors.append(f"formats: qscale.formats is not available ({err})")
-        return []
-    try:
-        from qscale.formats import format_set
-    except ImportError:
-        format_set = None
+    from qscale.formats import expand_formats
+
     out: list[str] = []
     for i, item in enumerate(_as_list(value, "formats", errors)):
         path = f"formats[{i}]"
         if not isinstance(item, str):
             errors.append(f"{path}: expected a format spec string, got {item!r}")
             continue
-        specs: list[str] = []
         try:
-            specs = [str(get_format(item))]
+            specs = expand_formats(item)
         except Exception as err:
-            if format_set is not None:
-                try:
-                    specs = [str(f) for f in format_set(item)]
-                except Exception:
-                    specs = []
-            if not specs:
-                errors.append(f"{path}: {str(err).strip() or repr(err)}")
-                continue
-        for s in specs:
-            if s not in out:
-                out.append(s)
+            errors.append(f"{path}: {str(err).strip() or repr(err)}")
+            continue
+        out += [sp for sp in specs if sp not in out]
     if not out and not any(e.startswith("formats") for e in errors):
         errors.append("formats: at least one format is needed")
     return out

@@ -43,7 +43,7 @@ from qscale.formats.core import (
     normal_float_levels,
 )
 from qscale.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, MINIFLOATS, MiniFloat
-from qscale.formats.spec import FORMAT_SETS, GRAMMAR, format_set, get_format, list_formats
+from qscale.formats.spec import FORMAT_SETS, GRAMMAR, expand_formats, format_set, get_format, list_formats
 
 __all__ = [
     "E2M1",
@@ -63,6 +63,7 @@ __all__ = [
     "MXFormat",
     "MiniFloat",
     "cbrt_levels",
+    "expand_formats",
     "format_set",
     "get_format",
     "list_formats",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 
 from qscale.formats.core import (
     DEFAULT_ELEMENT,
@@ -329,4 +330,23 @@ def format_set(name: str) -> tuple[Format, ...]:
     return tuple(get_format(s) for s in specs)
 
 
-__all__ = ["FORMAT_SETS", "GRAMMAR", "format_set", "get_format", "list_formats"]
+def expand_formats(value: str | Iterable[str]) -> list[str]:
+    """Canonical specs, in order and without repeats, from a named set (``all-4bit``), one spec, a
+    comma-separated list (``"int4,nf4"``) or an iterable of any of these.
+
+    >>> expand_formats("int4, mxint4_128, int4-pc")
+    ['int4-pc', 'mxint4-b128']
+    """
+    items = [value] if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        for part in (p.strip() for p in item.split(",")):
+            if not part:
+                continue
+            key = part.lower().replace("_", "-")
+            specs = [str(f) for f in format_set(part)] if key in FORMAT_SETS else [str(get_format(part))]
+            out += [sp for sp in specs if sp not in out]
+    return out
+
+
+__all__ = ["FORMAT_SETS", "GRAMMAR", "expand_formats", "format_set", "get_format", "list_formats"]

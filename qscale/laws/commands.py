@@ -197,12 +197,13 @@ def predict_cmd(
         if v is not None:
             given[k] = v
     if formats is not None:
-        from qscale.formats import FORMAT_SETS, format_set
+        from qscale.formats import expand_formats
 
-        if formats in FORMAT_SETS:
-            specs = [str(f) for f in format_set(formats)]
-        else:
-            specs = [s.strip() for s in formats.split(",") if s.strip()]
+        try:
+            specs = expand_formats(formats)
+        except ValueError as err:
+            _fail(str(err))
+            return
     else:
         specs = [format]
     try:

@@ -65,15 +65,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _expand_formats(formats: str | list[str]) -> list[str]:
-    """A named set (``all-4bit``), one spec, or a list of specs -> canonical specs; errors name valid choices."""
-    from qscale.formats import FORMAT_SETS, format_set, get_format
+    """:func:`qscale.formats.expand_formats`, with a 400 that also names the sets on bad input."""
+    from qscale.formats import FORMAT_SETS, expand_formats
 
     try:
-        if isinstance(formats, str):
-            if formats in FORMAT_SETS:
-                return list(format_set(formats))
-            return [str(get_format(formats))]
-        return [str(get_format(f)) for f in formats]
+        return expand_formats(formats)
     except ValueError as err:
         raise HTTPException(400, f"{err} (named sets: {', '.join(sorted(FORMAT_SETS))})") from err
 
