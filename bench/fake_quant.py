@@ -16,6 +16,21 @@ CPU smoke run (tiny shapes, torch backends only; exercises the script, not a per
     OMP_NUM_THREADS=2 python bench/fake_quant.py --device cpu --small
 
 With ``TRITON_INTERPRET=1`` the CPU run also times (slowly) and checks the interpreted Triton kernels.
+
+CPU model-shapes mode (the issue target: fake-quantizing every linear weight of a ~135M model for one
+format costs at most 2x a plain copy of the same weights)::
+
+    OMP_NUM_THREADS=1 python bench/fake_quant.py --cpu-model-shapes --iters 3 \
+        --baseline tests.kernels._reference_v1 --label final
+
+builds random weights N(0, 0.02) with SmolLM2-135M's linear shapes (30 layers of q/k/v/o/gate/up/down:
+576x576, 192x576, 192x576, 576x576, 1536x576, 1536x576, 576x1536; 106M weights), times per format the
+torch reference ``fake_quant(fmt, w, backend="torch")`` over all of them against ``w.clone()`` of all of
+them (median of ``--iters`` runs; the copy re-timed next to every format because the machine is shared),
+with the outputs kept (as when quantizing a model) and streamed (each dropped at once), optionally the
+``--baseline`` module's reference too, and records seconds, ratios and SHA-256 digests of the quantized
+bytes (so two versions of the kernels are checked bit-identical on all 106M weights) under ``--label`` in
+``bench/results/fake_quant_cpu_model_shapes.json``. Results and discussion: ``bench/fake_quant.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +64,34 @@ DEFAULT_FORMATS = (
     "nf4-g64",
     "cbrt4-g128",
 )
+#: The formats of the CPU model-shapes mode: one or more per family, catalogue spec names.
+MODEL_FORMATS = (
+    "int4-g64",
+    "int4-g128",
+    "int8-pc",
+    "int3-g64-asym",
+    "int4-g64-mse",
+    "int4-g128-mse",
+    "fp8-e4m3-pc",
+    "fp4-e2m1-g32",
+    "mxfp4-e2m1-b32",
+    "mxfp6-e3m2-b32",
+    "mxint8-b32",
+    "nf4-g64",
+    "cbrt4-g128",
+    "cbrt4-g64",
+)
+#: SmolLM2-135M's linear layers per decoder block, (out, in); 30 blocks.
+SMOLLM2_135M_LINEARS = (
+    ("q_proj", (576, 576)),
+    ("k_proj", (192, 576)),
+    ("v_proj", (192, 576)),
+    ("o_proj", (576, 576)),
+    ("gate_proj", (1536, 576)),
+    ("up_proj", (1536, 576)),
+    ("down_proj", (576, 1536)),
+)
+SMOLLM2_135M_LAYERS = 30
 GPU_SHAPES = ((4096, 4096), (4096, 14336), (8192, 28672))
 SMALL_SHAPES = ((256, 512), (512, 1024))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -176,6 +219,168 @@ def run(args: argparse.Namespace) -> str:
     return text
 
 
+def model_weights(layers: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """Random N(0, 0.02) weights with SmolLM2-135M's linear shapes, ``layers`` decoder blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+        for _ in range(layers)
+        for _, shape in SMOLLM2_135M_LINEARS
+    ]
+
+
+def _digest(tensors: list[torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _time_kept(fn: Callable[[], object], iters: int) -> tuple[float, object]:
+    """Median seconds of fn() over iters runs; each run's result is freed only after its clock stops.
+
+    Returns (median, the last result) -- the last result is kept for the digest.
+    """
+    times, last = [], None
+    for _ in range(iters):
+        last = None  # free the previous outputs before the clock starts
+        t0 = time.perf_counter()
+        last = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), last
+
+
+def _keep_freed_memory() -> bool:
+    """glibc only: serve every block below 32 MiB from the heap and never trim it, so a run's outputs reuse
+    the pages the previous run freed (no page faults after the first run; on this VM a fresh page costs
+    ~0.6-1 ms per MiB, which otherwise lands, unevenly, on whichever measurement touches it first)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def run_model_shapes(args: argparse.Namespace) -> dict:
+    """Time fake quant of all SmolLM2-135M-shaped weights vs copying them; merge into the results JSON.
+
+    Two regimes, both timed per format next to a fresh copy measurement (the machine is shared):
+
+    * kept: every output is kept until all weights are done (what quantizing a model does), for the copy
+      too: 425 MB (fp32) written to memory that is not in cache. By default the allocator keeps freed pages
+      (``--cold-malloc`` turns that off), so after the first run no page faults are timed;
+    * streamed: each output is dropped at once, so the allocator hands the same warm buffer back --
+      the kernels' arithmetic and memory traffic only, against a cache-friendly memcpy.
+
+    With ``--baseline MODULE`` (e.g. ``tests.kernels._reference_v1``, the frozen pre-optimisation reference)
+    its ``fake_quant_reference`` is timed too (kept regime, ``--baseline-iters`` runs) and the SHA-256 of its
+    outputs is compared with the current kernels' (bit-identical on all weights or not).
+    """
+    import importlib
+    import json
+
+    from qscale.formats import get_format
+    from qscale.kernels import fake_quant
+
+    torch.set_num_threads(args.threads)
+    if args.warm_malloc:
+        _keep_freed_memory()
+    dtype = getattr(torch, args.dtype)
+    weights = model_weights(args.layers, dtype)
+    n = sum(w.numel() for w in weights)
+    print(f"{len(weights)} weights, {n / 1e6:.1f}M elements, {args.dtype}, {torch.get_num_threads()} threads")
+    if args.baseline:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for tests.*
+    baseline = importlib.import_module(args.baseline).fake_quant_reference if args.baseline else None
+
+    def copy_kept() -> list[torch.Tensor]:
+        return [w.clone() for w in weights]
+
+    def copy_streamed() -> None:
+        for w in weights:
+            w.clone()
+
+    def copy_times() -> tuple[float, float]:
+        return _time_kept(copy_kept, args.iters)[0], _time_kept(copy_streamed, args.iters)[0]
+
+    copy_kept()
+    results: dict[str, dict] = {}
+    for spec in args.formats:
+        fmt = get_format(spec)
+
+        def quant_kept(fmt=fmt) -> list[torch.Tensor]:
+            return [fake_quant(fmt, w, backend="torch") for w in weights]
+
+        def quant_streamed(fmt=fmt) -> None:
+            for w in weights:
+                fake_quant(fmt, w, backend="torch")
+
+        ck0, cs0 = copy_times()
+        quant_streamed()  # warm up (LUT tables, allocator)
+        t_kept, outs = _time_kept(quant_kept, args.iters)
+        digest = _digest(outs) if args.digest else None  # type: ignore[arg-type]
+        del outs
+        t_stream = _time_kept(quant_streamed, args.iters)[0]
+        ck1, cs1 = copy_times()
+        ck, cs = min(ck0, ck1), min(cs0, cs1)
+        row: dict[str, object] = {
+            "copy_kept_s": round(ck, 4),
+            "quant_kept_s": round(t_kept, 4),
+            "ratio_kept": round(t_kept / ck, 2),
+            "copy_streamed_s": round(cs, 4),
+            "quant_streamed_s": round(t_stream, 4),
+            "ratio_streamed": round(t_stream / cs, 2),
+            "sha256_16": digest,
+        }
+        line = (
+            f"{str(fmt):16s} kept {t_kept:7.3f}s / copy {ck:6.3f}s = {t_kept / ck:6.1f}x   "
+            f"streamed {t_stream:7.3f}s / copy {cs:6.3f}s = {t_stream / cs:6.1f}x"
+        )
+        if baseline is not None:
+            t_base, bouts = _time_kept(
+                lambda fmt=fmt: [baseline(fmt, w) for w in weights], args.baseline_iters
+            )
+            bdigest = _digest(bouts) if args.digest else None  # type: ignore[arg-type]
+            del bouts
+            row.update(
+                {
+                    "baseline_kept_s": round(t_base, 4),
+                    "baseline_ratio_kept": round(t_base / ck, 2),
+                    "speedup_kept": round(t_base / t_kept, 2),
+                    "baseline_sha256_16": bdigest,
+                    "bit_identical": None if digest is None else digest == bdigest,
+                }
+            )
+            line += f"   baseline {t_base:7.3f}s ({t_base / t_kept:5.1f}x slower, same bits: {row['bit_identical']})"
+        results[str(fmt)] = row
+        print(line, flush=True)
+    path = Path(args.out) if args.out else RESULTS / "fake_quant_cpu_model_shapes.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[args.label] = {
+        "measured_utc": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M}",
+        "command": "python bench/fake_quant.py " + " ".join(sys.argv[1:]),
+        "hardware": f"2-core CPU, shared ({_device_name(torch.device('cpu'))})",
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "layers": args.layers,
+        "n_weights": n,
+        "iters": args.iters,
+        "threads": torch.get_num_threads(),
+        "baseline": args.baseline,
+        "warm_malloc": args.warm_malloc,
+        "formats": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path} [{args.label}]")
+    return data
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
@@ -186,8 +391,52 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=None, help="timed runs (default 20 on cuda, 10 on cpu)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
-    p.add_argument("--out", default=None, help="output Markdown path")
+    p.add_argument("--out", default=None, help="output path (Markdown; JSON with --cpu-model-shapes)")
+    p.add_argument(
+        "--cpu-model-shapes",
+        action="store_true",
+        help="CPU: fake quant of SmolLM2-135M-shaped weights vs a copy of them (see the module docstring)",
+    )
+    p.add_argument(
+        "--layers", type=int, default=SMOLLM2_135M_LAYERS, help="model-shapes mode: decoder blocks"
+    )
+    p.add_argument(
+        "--label", default="run", help="model-shapes mode: key of this run in the JSON (before/after)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="model-shapes mode: torch threads (default 1: on the shared 2-vCPU machine a parallel op can "
+        "wait ~8 ms for the second vCPU while another session holds it)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="model-shapes mode: module whose fake_quant_reference is timed as the baseline "
+        "(e.g. tests.kernels._reference_v1)",
+    )
+    p.add_argument(
+        "--cold-malloc",
+        dest="warm_malloc",
+        action="store_false",
+        help="model-shapes mode: leave glibc's trimming on (kept outputs then pay page faults, unevenly)",
+    )
+    p.add_argument("--baseline-iters", type=int, default=1, help="model-shapes mode: baseline runs")
+    p.add_argument(
+        "--no-digest", dest="digest", action="store_false", help="model-shapes mode: skip the SHA-256"
+    )
     args = p.parse_args(argv)
+    if args.cpu_model_shapes:
+        args.device = "cpu"
+        if args.formats == list(DEFAULT_FORMATS):
+            args.formats = list(MODEL_FORMATS)
+        if "--dtype" not in " ".join(argv if argv is not None else sys.argv[1:]):
+            args.dtype = "float32"
+        args.warmup = args.warmup if args.warmup is not None else 1
+        args.iters = args.iters if args.iters is not None else 3
+        run_model_shapes(args)
+        return
     on_cuda = args.device.startswith("cuda")
     args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 2)
     args.iters = args.iters if args.iters is not None else (20 if on_cuda else 10)

@@ -4,6 +4,8 @@
 >>> fmt = get_format("int4-g128")
 >>> str(fmt), fmt.family, fmt.element_bits, fmt.bits_per_element
 ('int4-g128', 'int', 4, 4.125)
+>>> fmt.groups_per_row(576), round(fmt.bits_per_element_for(576), 4)  # 4 x 128 + a partial group of 64
+(5, 4.1389)
 
 Each format is a frozen dataclass (``IntFormat``, ``FloatFormat``, ``MXFormat``, ``LUTFormat``) whose
 ``str()`` is its canonical spec (grammar in :mod:`qscale.formats.spec`); ``fmt.fake_quant(x)`` runs the
@@ -11,7 +13,12 @@ numerics in :mod:`qscale.kernels` (torch reference in :mod:`qscale.kernels.refer
 
 Conventions
 -----------
-* Scales, groups, channels and MX blocks run along the LAST axis; a group size must divide it.
+* Scales, groups, channels and MX blocks run along the LAST axis. A group (or MX block) size need not
+  divide it: a row of ``n`` is split into ``n // G`` full groups and, if ``n % G != 0``, one trailing
+  partial group of ``n % G`` elements with its own scale (own absmax / zero point / MSE clip / E8M0
+  exponent / LUT absmax). ``fmt.bits_per_element_for(n)`` counts that extra scale:
+  int4-g128 on a row of 576 is 4 groups of 128 + 1 of 64, 4 + 16 * 5 / 576 = 4.1389 bits
+  (``fmt.bits_per_element`` stays the nominal 4.125). Details in :mod:`qscale.formats.core`.
 * All arithmetic is fp32 (inputs of any float dtype are upcast; the output has the input dtype).
   Rounding is round-half-to-even everywhere (``torch.round``; minifloats by exponent extraction).
 * Symmetric integers use the restricted range -(2^(b-1)-1)..2^(b-1)-1 (int4: -7..7), so q(-x) == -q(x).

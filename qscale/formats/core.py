@@ -7,16 +7,34 @@ Granularity (which elements share one scale) is always along the LAST axis of a 
 
 * ``"tensor"`` (spec ``-pt``): one scale for the whole tensor;
 * ``"channel"`` (spec ``-pc``): one scale per row (for an ``(out, in)`` weight: per output channel);
-* ``"group"`` (spec ``-g<G>``): one scale per run of ``G`` consecutive last-axis elements; ``G`` must
-  divide the last axis;
+* ``"group"`` (spec ``-g<G>``): one scale per run of ``G`` consecutive last-axis elements (the last
+  run of a row may be shorter, see below);
 * ``"none"`` (spec ``-raw``, fp only): no scale at all, a direct cast to the element.
 
 MX formats always use blocks of ``block_size`` (32, 64 or 128) along the last axis.
+
+Partial trailing groups (every group and block format: int, fp, MX, LUT)
+-------------------------------------------------------------------------
+Real layer widths are often not multiples of the group (SmolLM2: 576, 1536; Qwen2.5: 896, 4864, 8960).
+A row of ``n`` last-axis elements with group (or MX block) size ``G`` is split, from the left, into
+``n // G`` full groups of ``G`` and, when ``n % G != 0``, ONE trailing partial group of the last
+``n % G`` elements. The partial group is an ordinary group of its own: its scale (absmax, min/max and
+zero point, MSE clip ratio, E8M0 exponent, LUT absmax) is computed over just those elements, so
+quantizing a row equals quantizing ``x[..., :G]``, ``x[..., G:2G]``, ..., ``x[..., (n//G)*G:]`` each
+alone and concatenating. A row shorter than ``G`` is one partial group. ``scale_span(n)`` still
+returns ``G`` (the group size); :meth:`Format.groups_per_row` gives ``ceil(n / G)``.
+
+Storage cost: ``bits_per_element`` is the nominal figure ``element_bits + scale_bits / G``;
+:meth:`Format.bits_per_element_for` counts the partial group's scale exactly,
+``element_bits + scale_bits * ceil(n / G) / n``. Worked example, int4-g128 on a row of 576: 4 full
+groups of 128 plus one of 64 (5 scales), bits = 4 + 16 * 5 / 576 = 4.1389 (nominal 4.125); mxfp4
+(blocks of 32, E8M0 scales of 8 bits) on 100: 3 blocks + one of 4, bits = 4 + 8 * 4 / 100 = 4.32.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -70,11 +88,21 @@ def _check_granularity(granularity: str, group_size: int, allowed: tuple[str, ..
         )
 
 
+def _check_n_cols(n_cols: int) -> int:
+    try:
+        n = operator.index(n_cols)
+    except TypeError:
+        n = 0
+    if isinstance(n_cols, bool) or n < 1:
+        raise FormatError(f"a row length must be a positive integer, got {n_cols!r}")
+    return n
+
+
 class Format:
     """Base class of all formats (see the subclasses). Not instantiated directly.
 
-    Shared API: ``family``, ``element_bits``, ``bits_per_element``, ``description``, ``per_tensor``,
-    ``scale_span(n_cols)``, ``fake_quant(x)``, ``make_quantizer(w_slice)``, ``to_dict()``/``from_dict()``.
+    Shared API: ``family``, ``element_bits``, ``bits_per_element``, ``bits_per_element_for(n_cols)``,
+    ``description``, ``per_tensor``, ``scale_span(n_cols)``, ``groups_per_row(n_cols)``, ``fake_quant(x)``, ``make_quantizer(w_slice)``, ``to_dict()``/``from_dict()``.
     """
 
     family: ClassVar[str] = ""
@@ -125,7 +153,8 @@ class Format:
         """Element bits plus scale overhead per element for per-group/block formats.
 
         Per-channel and per-tensor scales count as zero overhead (a 16-bit scale per row of 4096 adds
-        0.004 bits). Examples: int4-g128 -> 4 + 16/128 = 4.125; int4-g128-asym -> 4.25;
+        0.004 bits). This is the nominal figure (``G`` dividing the row); :meth:`bits_per_element_for`
+        counts a partial trailing group exactly. Examples: int4-g128 -> 4 + 16/128 = 4.125; int4-g128-asym -> 4.25;
         mxfp4-e2m1-b32 -> 4 + 8/32 = 4.25; mxint4-b128 -> 4.0625; nf4-g64 -> 4.25.
         """
         if self.granularity == "group":
@@ -145,17 +174,49 @@ class Format:
     def scale_span(self, n_cols: int) -> int:
         """Consecutive last-axis columns sharing one scale in a row of ``n_cols`` (``n_cols`` if per-row/tensor).
 
+        For group/block formats this is the group size ``G`` whatever ``n_cols`` is: when ``G`` does not
+        divide ``n_cols`` the row's last group is a partial one of ``n_cols % G`` columns with its own
+        scale (see the module docstring); a row shorter than ``G`` is a single partial group.
+
         >>> from qscale.formats import get_format
         >>> get_format("int4-g128").scale_span(4096), get_format("int8-pc").scale_span(4096)
         (128, 4096)
+        >>> get_format("int4-g128").scale_span(576)  # 4 groups of 128 and a partial group of 64
+        128
         """
         if self.granularity == "group":
-            if n_cols % self.group_size:
-                raise FormatError(
-                    f"{self}: group/block size {self.group_size} does not divide the last axis (length {n_cols})"
-                )
             return self.group_size
         return n_cols
+
+    def groups_per_row(self, n_cols: int) -> int:
+        """Scales per row of ``n_cols``: ``ceil(n_cols / G)`` for groups/blocks (partial group included), else 1.
+
+        >>> from qscale.formats import get_format
+        >>> get_format("int4-g128").groups_per_row(576), get_format("mxfp4").groups_per_row(64)
+        (5, 2)
+        """
+        n = _check_n_cols(n_cols)
+        if self.granularity == "group":
+            return -(-n // self.group_size)
+        return 1
+
+    def bits_per_element_for(self, n_cols: int) -> float:
+        """Exact storage bits per element for rows of ``n_cols``, counting the partial group's scale.
+
+        ``element_bits + scale_bits_per_group * ceil(n_cols / G) / n_cols`` for group/block formats;
+        ``bits_per_element`` for per-channel/per-tensor/unscaled ones. Equals ``bits_per_element`` when
+        ``G`` divides ``n_cols``.
+
+        >>> from qscale.formats import get_format
+        >>> round(get_format("int4-g128").bits_per_element_for(576), 4)  # 4 + 16 * 5 / 576
+        4.1389
+        >>> get_format("int4-g128").bits_per_element_for(4096), get_format("int8-pc").bits_per_element_for(576)
+        (4.125, 8.0)
+        """
+        n_groups = self.groups_per_row(n_cols)
+        if self.granularity == "group":
+            return self.element_bits + self.scale_bits_per_group * n_groups / operator.index(n_cols)
+        return self.bits_per_element
 
     @property
     def description(self) -> str:  # pragma: no cover - overridden

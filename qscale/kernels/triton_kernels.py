@@ -18,7 +18,9 @@ Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``
 
 How a format becomes a kernel launch: :func:`plan_for` turns the format dataclass into a
 :class:`KernelPlan` (element kind, scale rule, constants, grids), and :func:`run_plan` launches it on
-a contiguous ``(rows, n_cols)`` view, one program per (row tile, scale span).
+a contiguous ``(rows, n_cols)`` view, one program per (row tile, scale span).  A group that does not
+divide ``n_cols`` gives ``ceil(n_cols / group)`` spans per row, the last one masked to the
+``n_cols % group`` columns of the partial trailing group (its own scale, as the reference).
 """
 
 from __future__ import annotations
@@ -380,10 +382,9 @@ def plan_for(fmt: Any) -> KernelPlan:
 
 
 def _validated_plan(fmt: Any, x: torch.Tensor) -> KernelPlan:
-    plan = plan_for(fmt)
-    if not isinstance(fmt, KernelPlan) and x.dim() > 0:
-        fmt.scale_span(x.shape[-1])  # the format's own error when a group does not divide the last axis
-    return plan
+    # Any row length is valid: a group that does not divide it leaves a partial trailing group, which
+    # run_plan's masked spans (ceil(n_cols / span) programs per row tile) quantize with its own scale.
+    return plan_for(fmt)
 
 
 def fake_quant_triton(fmt: Any, x: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,45 @@ def test_bits_per_element(spec: str, bits: float) -> None:
     assert get_format(spec).bits_per_element == bits
 
 
+@pytest.mark.parametrize(
+    ("spec", "n_cols", "bits"),
+    [
+        # worked by hand: element bits + scale bits * ceil(n / G) / n
+        ("int4-g128", 576, 4 + 16 * 5 / 576),  # 4 x 128 + 64: 5 scales -> 4.1389
+        ("int4-g128", 4096, 4.125),  # divides: the nominal figure
+        ("int4-g128", 896, 4.125),  # 7 x 128
+        ("int4-g128", 100, 4 + 16 / 100),  # one partial group
+        ("int4-g128", 1, 20.0),  # a single element carries a whole scale
+        ("int4-g128-asym", 576, 4 + 32 * 5 / 576),  # scale + zero point per group
+        ("int3-g64", 4864, 3.25),  # 76 x 64
+        ("int4-g32", 33, 4 + 16 * 2 / 33),
+        ("mxfp4", 100, 4 + 8 * 4 / 100),  # 3 x 32 + 4: 4 E8M0 scales -> 4.32
+        ("mxint4-b128", 576, 4 + 8 * 5 / 576),
+        ("mxfp8-e4m3", 8960, 8.25),  # 280 x 32
+        ("nf4-g64", 576, 4.25),  # 9 x 64
+        ("nf4-g128", 576, 4 + 16 * 5 / 576),
+        ("cbrt4-g128", 1536, 4.125),
+        ("fp4-e2m1-g128", 576, 4 + 16 * 5 / 576),
+        ("int8-pc", 576, 8.0),  # per-channel / per-tensor / raw: no per-group overhead
+        ("int8-pt", 33, 8.0),
+        ("fp8-e4m3-raw", 576, 8.0),
+    ],
+)
+def test_bits_per_element_for(spec: str, n_cols: int, bits: float) -> None:
+    assert get_format(spec).bits_per_element_for(n_cols) == pytest.approx(bits, rel=1e-15)
+
+
+def test_bits_per_element_for_worked_example_and_errors() -> None:
+    assert round(get_format("int4-g128").bits_per_element_for(576), 4) == 4.1389
+    for spec in list_formats():  # equal to the nominal figure whenever the group divides the row
+        f = get_format(spec)
+        assert f.bits_per_element_for(3 * 128 * 5) == pytest.approx(f.bits_per_element, rel=1e-15)
+        assert f.bits_per_element_for(576) >= f.bits_per_element
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(FormatError, match="positive integer"):
+            get_format("int4-g128").bits_per_element_for(bad)
+
+
 def test_format_attributes() -> None:
     f = get_format("int4-g128")
     assert (f.family, f.element_bits, f.per_tensor, f.scale_span(4096), f.block) == (
@@ -132,11 +171,15 @@ def test_format_attributes() -> None:
     assert isinstance(i, IntFormat) and i.qmax == 15 and get_format("int4").qmax == 7
 
 
-def test_scale_span_error_names_axis_length() -> None:
-    with pytest.raises(FormatError, match=r"does not divide the last axis \(length 100\)"):
-        get_format("int4-g128").scale_span(100)
-    with pytest.raises(FormatError, match="length 48"):
-        get_format("mxfp4").scale_span(48)
+def test_scale_span_is_the_group_size_for_any_row_length() -> None:
+    """A group that does not divide the row leaves a partial trailing group (no error any more)."""
+    assert get_format("int4-g128").scale_span(100) == 128  # one partial group of 100
+    assert get_format("int4-g128").scale_span(576) == 128  # 4 x 128 + a partial group of 64
+    assert get_format("mxfp4").scale_span(48) == 32  # one block of 32 + a partial block of 16
+    assert get_format("int4-g128").groups_per_row(576) == 5 and get_format("mxfp4").groups_per_row(48) == 2
+    assert get_format("int4-g128").groups_per_row(1) == 1 and get_format("int8-pc").groups_per_row(577) == 1
+    with pytest.raises(FormatError, match="positive integer"):
+        get_format("int4-g128").groups_per_row(0)
 
 
 @pytest.mark.parametrize(

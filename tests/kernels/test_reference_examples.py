@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from qscale.formats import FormatError, get_format, list_formats
+from qscale.formats import get_format, list_formats
 from qscale.kernels import (
     ENV_VAR,
     fake_quant,
@@ -268,8 +268,9 @@ def test_leading_dims_and_views(spec: str) -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(FormatError, match="length 100"):
-        get_format("int4-g128").fake_quant(torch.randn(2, 100))
+    # a row shorter than the group is one partial group, not an error (rule in qscale.formats.core)
+    x = torch.randn(2, 100)
+    assert torch.equal(get_format("int4-g128").fake_quant(x), get_format("int4-pc").fake_quant(x))
     with pytest.raises(TypeError, match="floating-point"):
         get_format("int4").fake_quant(torch.ones(2, 4, dtype=torch.int64))
 

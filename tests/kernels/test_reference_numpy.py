@@ -111,6 +111,7 @@ def _lut_group(fmt: LUTFormat, g: np.ndarray) -> np.ndarray:
     s = F32(1) if s == 0 else s
     y = (g / s).astype(F32)
     out = np.empty_like(y)
+    mids = ((levels64[:-1] + levels64[1:]) / 2).astype(F32)
     for i, v in enumerate(y.astype(np.float64)):
         if np.isnan(v):
             out[i] = np.nan
@@ -120,29 +121,34 @@ def _lut_group(fmt: LUTFormat, g: np.ndarray) -> np.ndarray:
             k = min(max(math.floor(np.cbrt(v) * L + 0.5), -L), L) if np.isfinite(v) else (L if v > 0 else -L)
             idx = k + L
         else:  # the level whose interval holds v; boundaries = fp32 midpoints, a tie goes up
-            mids = ((levels64[:-1] + levels64[1:]) / 2).astype(F32)
             idx = int(np.sum(mids <= v))
         out[i] = F32(levels[idx] * s)
     return out
 
 
+def _np_group(fmt, g: np.ndarray) -> np.ndarray:
+    if isinstance(fmt, IntFormat):
+        return _int_group(fmt, g, 1.0) if fmt.clip == "absmax" else _int_mse_group(fmt, g)
+    if isinstance(fmt, FloatFormat):
+        return _fp_group(fmt, g)
+    if isinstance(fmt, MXFormat):
+        return _mx_group(fmt, g)
+    return _lut_group(fmt, g)
+
+
 def np_fake_quant(fmt, x: np.ndarray) -> np.ndarray:
+    """Group by group: each row is cut at 0, G, 2G, ... (G = group / block size, the row length for
+    per-channel formats); the last piece may be shorter (a partial group, quantized on its own)."""
     x = np.asarray(x, F32)
     if fmt.per_tensor:
-        groups = x.reshape(1, -1)
-    else:
-        span = fmt.scale_span(x.shape[-1])
-        groups = x.reshape(-1, span)
-    out = np.empty_like(groups)
-    for i, g in enumerate(groups):
-        if isinstance(fmt, IntFormat):
-            out[i] = _int_group(fmt, g, 1.0) if fmt.clip == "absmax" else _int_mse_group(fmt, g)
-        elif isinstance(fmt, FloatFormat):
-            out[i] = _fp_group(fmt, g)
-        elif isinstance(fmt, MXFormat):
-            out[i] = _mx_group(fmt, g)
-        else:
-            out[i] = _lut_group(fmt, g)
+        return _np_group(fmt, x.reshape(-1)).reshape(x.shape)
+    n = x.shape[-1]
+    G = fmt.group_size if fmt.granularity == "group" else n
+    rows = x.reshape(-1, n)
+    out = np.empty_like(rows)
+    for r, row in enumerate(rows):
+        for start in range(0, n, G):
+            out[r, start : start + G] = _np_group(fmt, row[start : start + G])
     return out.reshape(x.shape)
 
 
@@ -222,3 +228,68 @@ def test_numpy_reference_hand_examples() -> None:
     x[0, 0], x[0, 32] = 7.0, 0.3
     q = np_fake_quant(get_format("mxfp4"), x)
     assert q[0, 0] == 6.0 and q[0, 32] == F32(0.25)
+
+
+GROUP_FORMATS = [s for s in list_formats() if get_format(s).granularity == "group"]
+#: Real model widths (SmolLM2 576 / 1536, Qwen2.5 896 / 4864 / 8960) and odd ones.
+WIDTHS = (576, 896, 1536, 4864, 8960, 100, 33, 1)
+
+
+def _width_tensor(fmt, n: int, rng: np.random.Generator) -> np.ndarray:
+    """3 rows of length n: small gaussians with a loud tail, heavy tails with NaN/Inf in the tail, grid ties."""
+    x = rng.standard_normal((3, n)).astype(F32) * F32(0.02)
+    G = fmt.group_size
+    t0 = (n // G) * G if n % G else max(n - G, 0)  # first column of the last (partial if n % G) group
+    x[0, t0:] *= F32(1000.0)  # the last group is 1000x louder than the rest: a shared scale would show
+    x[1] = (rng.standard_t(2, n) * 3.0).astype(F32)
+    if n - t0 >= 3:
+        x[1, n - 1], x[1, n - 2] = np.nan, -np.inf
+    g = _unit_grid(fmt)
+    mids = (g[:-1] + g[1:]) / 2
+    top = fmt.max_normal if isinstance(fmt, MXFormat) else g.max()
+    ties = np.resize(np.concatenate([mids, -mids]), n).astype(F32)
+    ties[::16] = F32(top)  # each group start (G >= 16) holds the grid max: scale 1, full or partial
+    if isinstance(fmt, IntFormat) and not fmt.symmetric:
+        ties = np.abs(ties)
+    x[2] = ties
+    return x
+
+
+@pytest.mark.parametrize("n", WIDTHS)
+@pytest.mark.parametrize("spec", GROUP_FORMATS)
+def test_partial_groups_match_numpy(spec: str, n: int) -> None:
+    """Every group/block catalogue format on real and odd widths: bit for bit against the group loop."""
+    fmt = get_format(spec)
+    x = _width_tensor(fmt, n, np.random.default_rng(zlib.crc32(f"{spec}/{n}".encode())))
+    ours = fmt.fake_quant(torch.from_numpy(x)).numpy()
+    ref = np_fake_quant(fmt, x)
+    same = (ours == ref) | (np.isnan(ours) & np.isnan(ref))
+    bad = np.argwhere(~same)
+    assert bad.size == 0, f"{spec} n={n}: {len(bad)} mismatches, first at {bad[:3].tolist()}"
+
+
+def test_numpy_reference_partial_group_hand_examples() -> None:
+    """Partial groups worked by hand (the numpy reference and the torch kernel both)."""
+    # int4-g128 on a row of 130: the 128-group has absmax 7 (scale 1), the 2-element tail [0.7, -1.4] its
+    # own scale 1.4/7 = 0.2 -> [round(3.5) = 4 -> 0.8, -7 -> -1.4]; with the big group's scale 1 it would be [1, -1].
+    x = np.zeros((1, 130), F32)
+    x[0, 0] = 7.0
+    x[0, 128:] = [0.7, -1.4]
+    fmt = get_format("int4-g128")
+    for q in (np_fake_quant(fmt, x), fmt.fake_quant(torch.from_numpy(x)).numpy()):
+        assert q[0, 0] == 7.0 and q[0, 128] == F32(4) * F32(F32(1.4) / F32(7)) and q[0, 129] == F32(-1.4)
+    # MXFP4 on 33: block 0 max 7 -> X = 1; the 1-element block [0.3] -> X = 2^(floor(log2 0.3) - 2) = 2^-4,
+    # 0.3 / X = 4.8 -> 4 -> 0.25 (shared with block 0 it would be 0.3 -> 0.5 on the X = 1 grid).
+    x = np.zeros((1, 33), F32)
+    x[0, 0], x[0, 32] = 7.0, 0.3
+    fmt = get_format("mxfp4")
+    for q in (np_fake_quant(fmt, x), fmt.fake_quant(torch.from_numpy(x)).numpy()):
+        assert q[0, 0] == 6.0 and q[0, 32] == F32(0.25)
+    # nf4-g64 on 65: the lone tail element is its own absmax, so it maps to level 1 exactly (times itself).
+    x = np.full((1, 65), 0.01, F32)
+    x[0, 64] = -0.123
+    for q in (
+        np_fake_quant(get_format("nf4-g64"), x),
+        get_format("nf4-g64").fake_quant(torch.from_numpy(x)).numpy(),
+    ):
+        assert q[0, 64] == F32(-0.123) and np.all(q[0, :64] == F32(0.01))
