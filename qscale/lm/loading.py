@@ -5,6 +5,8 @@
 
 Sources, tried in this order:
 
+* ``"panel:<name>"``: a real model built by ``qscale panel build`` (``<panel root>/<name>``, an ordinary HF
+  directory whose ``qscale_panel.json`` carries provenance and ``train_tokens``).
 * ``"zoo:<name>"``: ``<zoo root>/<name>`` (root = ``zoo_root``, ``$QSCALE_ZOO_DIR`` or ``~/.cache/qscale/zoo``).
   A model that has not been trained is an error telling you to run ``qscale zoo train``.
 * a path ending in ``.gguf``: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)``; transformers
@@ -31,6 +33,7 @@ from typing import Any
 from qscale.lm.facts import ModelFacts, model_facts
 
 ZOO_META = "qscale_zoo.json"
+PANEL_META = "qscale_panel.json"  # written by qscale.lm.panel
 
 
 class LoadError(ValueError):
@@ -115,13 +118,21 @@ def load(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # qscale shows its own progress; no "Loading weights" bars
     dtype = torch.float32 if dtype is None else dtype
     src = str(name_or_path)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     meta: dict[str, Any] | None = None
+    train_tokens: int | None = None
     if src.startswith("zoo:"):
         path = resolve_zoo(src[4:], zoo_root)
+        name = src
+    elif src.startswith("panel:"):
+        from qscale.lm.panel import resolve_panel
+
+        path = resolve_panel(src[6:])
         name = src
     else:
         path = Path(src).expanduser()
@@ -164,10 +175,15 @@ def load(
             identity = _zoo_identity(meta)
         else:
             identity = weights_identity(files)
+            if (path / PANEL_META).is_file():
+                panel_meta = json.loads((path / PANEL_META).read_text())
+                train_tokens = panel_meta.get("train_tokens")
+                name = f"panel:{panel_meta['name']}"
 
     model.to(device)
     model.eval()
-    train_tokens = int(meta["train_tokens"]) if meta and meta.get("train_tokens") is not None else None
+    if meta and meta.get("train_tokens") is not None:
+        train_tokens = int(meta["train_tokens"])
     fact_name = f"zoo:{meta['name']}" if meta else name
     facts = model_facts(model, name=fact_name, identity=identity, train_tokens=train_tokens)
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts, name=fact_name)
