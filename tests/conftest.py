@@ -27,6 +27,12 @@ def pytest_configure(config: pytest.Config) -> None:
     inside tests find the models ``tiny_zoo`` trained instead of training into ``~/.cache``."""
     if not os.environ.get("QSCALE_ZOO_DIR") and getattr(config, "cache", None) is not None:
         os.environ["QSCALE_ZOO_DIR"] = str(config.cache.mkdir("qscale-zoo"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One intra-op thread per xdist worker: with -n 2 on 2 cores, 2 x 2 threads make small-op tests
+        # (autograd on the tiny models) several times slower.
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,10 @@ def model_signature(model_ref: str) -> str | None:
             from qscale.lm.loading import resolve_zoo
 
             path = resolve_zoo(model_ref[4:])
+        elif model_ref.startswith("panel:"):
+            from qscale.lm.panel import resolve_panel
+
+            path = resolve_panel(model_ref[6:])
         else:
             path = Path(model_ref).expanduser()
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
@@ -138,6 +142,7 @@ def collect_model(
     from qscale.formats import get_format
     from qscale.lm.loading import load
     from qscale.measure import evaluate_windows, reference_outputs
+    from qscale.measure.eval import reference_metrics
     from qscale.quantize import quantized
 
     prov = provenance or _prov(device)
@@ -159,9 +164,12 @@ def collect_model(
         get_feature(n).cost in ("eval", "hvp") for n in features
     )
 
+    # Eager attention only where double backward is needed (HVP features); SDPA is faster on CPU and GPU
+    # and gives the same logits to fp32 rounding.
+    attn = "eager" if any(get_feature(n).cost == "hvp" for n in features) else "sdpa"
     t0 = time.perf_counter()
     try:
-        lm = load(model_ref, device=device, attn_implementation="eager")
+        lm = load(model_ref, device=device, attn_implementation=attn)
     except Exception as err:
         # No identity without the weights: key the error rows on the reference, so they are visible
         # in `qscale runs list`; the model is tried again on the next invocation.
@@ -215,7 +223,7 @@ def collect_model(
             windows = get_windows(lm.tokenizer, **ev.window_kwargs())
             with torch.no_grad():
                 reference = reference_outputs(lm.model, windows, batch_size=ev.batch_size, progress=False)
-                metrics = evaluate_windows(lm.model, windows, batch_size=ev.batch_size, progress=False)
+            metrics = reference_metrics(reference)  # the float NLL/bpb come from the same pass
             feature_cache[float_eval_key(ev.window_kwargs())] = metrics
             calib = calib_for(feature_calibration) if needs_calib else None
             feats = _features(
@@ -276,6 +284,13 @@ def collect_model(
             if isinstance(info.get("sqnr_db"), int | float):
                 metrics["method_sqnr_db"] = float(info["sqnr_db"])
             metrics["method_info"] = _method_summary(info)
+            layer_sqnr = {
+                name: round(float(v["sqnr_db"]), 4)
+                for name, v in (info.get("layers") or {}).items()
+                if isinstance(v, dict) and isinstance(v.get("sqnr_db"), int | float)
+            }
+            if layer_sqnr:
+                metrics["layer_sqnr_db"] = layer_sqnr
             timings["run_s"] = time.perf_counter() - t_run
             on_row(
                 _row(run, key, config, lm.name, identity, facts, finfo, metrics, feats, timings, prov, None)

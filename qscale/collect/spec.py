@@ -262,7 +262,9 @@ def _parse_models(value: Any, errors: list[str]) -> list[str]:
     for i, item in enumerate(_as_list(value, "models", errors)):
         path = f"models[{i}]"
         if not isinstance(item, str) or not item.strip():
-            errors.append(f"{path}: expected a model reference (zoo:NAME, a path or a glob), got {item!r}")
+            errors.append(
+                f"{path}: expected a model reference (zoo:NAME, panel:NAME, a path or a glob), got {item!r}"
+            )
             continue
         item = item.strip()
         if item.startswith("zoo:"):
@@ -279,6 +281,14 @@ def _parse_models(value: Any, errors: list[str]) -> list[str]:
                     f"{path}: unknown zoo model or preset {zname!r}{_did_you_mean(zname, choices)}; "
                     f"valid: {', '.join(choices)}"
                 )
+        elif item.startswith("panel:"):
+            from qscale.lm.loading import LoadError
+            from qscale.lm.panel import get_entry
+
+            try:
+                out.append(f"panel:{get_entry(item[6:]).name}")
+            except LoadError as err:
+                errors.append(f"{path}: {err}")
         elif any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(os.path.expanduser(item)))
             if not matches:

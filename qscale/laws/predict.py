@@ -223,7 +223,7 @@ def predict_formats(
     """:func:`predict` for several formats of one model; model-level features are computed once.
 
     With ``skipped`` (a dict to fill), a format whose features cannot be computed for this model (e.g. a
-    group size that does not divide a layer width) is recorded there as ``{spec: reason}`` and left out
+    spec that cannot be built or applied to this model) is recorded there as ``{spec: reason}`` and left out
     instead of failing the whole call.
     """
     lw = _law(law, models_dir)
@@ -241,7 +241,13 @@ def predict_formats(
         fmt = None
         bits = values.get("bpw")
         if spec is not None and lw.kind == "zoo":
-            fmt, facts = _format_facts(spec)
+            try:
+                fmt, facts = _format_facts(spec)
+            except ValueError as err:  # FormatError: a spec that cannot be built
+                if skipped is None:
+                    raise
+                skipped[str(spec)] = str(err)
+                continue
             bits = facts["bits_per_element"]
             for k, v in facts.items():
                 if k in needed and k not in values:

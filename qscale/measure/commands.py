@@ -107,7 +107,7 @@ def eval_cmd(
     try:
         with quantized(lm.model, fmt, method="rtn") as info:
             q = evaluate_windows(lm.model, windows, reference=ref, batch_size=batch_size, progress=show)
-    except FormatError as err:  # e.g. a group size that does not divide this model's layers
+    except FormatError as err:  # a spec that cannot be applied to this model
         raise typer.BadParameter(f"--format {fmt}: {err}") from err
     out = {
         "model": model,

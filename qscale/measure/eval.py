@@ -21,24 +21,29 @@ the device once, before the loop).
 
 Reference caches (:class:`ReferenceOutputs`). Evaluating many quantized variants against one float
 model would rerun the float model every time, so :func:`reference_outputs` runs it once and stores,
-per scored token, the float model's ``top_k`` largest log-probs (fp32) with their token ids, the
-log of the remaining probability mass (``rest``), the log-prob of the target and the argmax. The KL
-is then computed on the coarsened distribution (the top-k tokens of p plus one "everything else"
-bucket):
+per scored token, the float model's log-probs, the log-prob of the target and the argmax.
+
+**KL is exact by default at any vocabulary size.** The full fp32 log-prob table (N x V x 4 bytes) is
+kept in memory when it fits ``max_bytes`` (512 MiB) and otherwise written, batch by batch, to an
+unlinked temporary file that is memory-mapped (``spill_dir``, default ``$QSCALE_CACHE_DIR`` or the
+system temp dir; the file disappears with the cache object). Each evaluation then reads the rows of
+its batch. Sizes: 8,192 tokens x 49,152 (SmolLM2) = 1.6 GB; x 151,936 (Qwen2.5) = 5.0 GB;
+x 262,144 (Gemma) = 8.6 GB of disk, never more than one batch of it in RAM at a time beyond what the
+page cache keeps.
+
+``top_k=<int>`` is an explicit, cheaper option that stores only the ``top_k`` largest log-probs with
+their token ids and the log of the remaining mass (``rest``), and computes the KL on the coarsened
+distribution (the top-k tokens of p plus one "everything else" bucket):
 
     KL_k = sum_{v in top-k} p_v (log p_v - log q_v) + p_rest (log p_rest - log q_rest)
 
-By the chain rule KL = KL_k + p_rest * KL(p_tail || q_tail) (tails renormalised), so KL_k <= KL and
-the gap is small when the top-k tokens carry most of the float mass; the cache records that
-``coverage`` (mean top-k mass) and results carry it as ``kld_coverage``. Measured (2-core CPU,
-random-init 2-layer GPT-2 with a 384-token vocabulary vs a weight-perturbed copy, lee_news test,
-rolling L=32, 1878 tokens, exact KL 0.303; the models of tests/measure/test_eval.py): coverage
-0.60 at k=32 with KL_k 39% low, 0.89 at k=128 with 11% low, 0.98 at k=256 with 1.8% low. The
-flatter the float distribution, the larger the gap at a given k. The default ``top_k="auto"`` therefore stores **every** log-prob in fp32 (exact KL) whenever that
-table, N x V x 4 bytes, fits ``max_bytes`` (512 MiB: e.g. 16k tokens at an 8192 vocabulary), and
-falls back to the top 256 otherwise; ``top_k=None`` forces exact, an integer forces top-k (exact
-when k >= V). Top-1 agreement and the reference NLL are exact either way. Passing a float *model*
-as ``reference`` computes the exact KL with both models in the same batch loop.
+By the chain rule KL = KL_k + p_rest * KL(p_tail || q_tail) (tails renormalised), so KL_k <= KL: a
+**lower bound**, and results say so (``kld_top_k`` = k, ``kld_is_bound`` = True, ``kld_coverage`` = mean
+top-k mass). Measured (2-core CPU, random-init 2-layer GPT-2 with a 384-token vocabulary vs a
+weight-perturbed copy, lee_news test, rolling L=32, 1878 tokens, exact KL 0.303; the models of
+tests/measure/test_eval.py): coverage 0.60 at k=32 with KL_k 39% low, 0.89 at k=128 with 11% low, 0.98
+at k=256 with 1.8% low. Top-1 agreement and the reference NLL are exact either way. Passing a float
+*model* as ``reference`` computes the exact KL with both models in the same batch loop.
 """
 
 from __future__ import annotations
@@ -59,11 +64,12 @@ __all__ = [
     "ReferenceOutputs",
     "evaluate",
     "evaluate_windows",
+    "reference_metrics",
     "reference_outputs",
 ]
 
-AUTO_TOP_K = 256
-DEFAULT_MAX_BYTES = 512 * 2**20
+AUTO_TOP_K = 256  # the k of the old lower-bound default; kept for callers that ask for a bound by name
+DEFAULT_MAX_BYTES = 512 * 2**20  # in-memory budget of the exact table; larger tables are memory-mapped
 LN2 = math.log(2.0)
 
 
@@ -239,10 +245,8 @@ def _vocab_hint(model: Any) -> int | None:
 
 
 def _resolve_top_k(top_k: Any, n_tokens: int, vocab: int, max_bytes: int) -> int | None:
-    """None = store everything (exact); else the k to keep."""
-    if top_k == "auto":
-        return None if n_tokens * vocab * 4 <= max_bytes else min(AUTO_TOP_K, vocab)
-    if top_k is None:
+    """None = store everything (exact; "auto" is exact too, spilled to disk past ``max_bytes``); else k."""
+    if top_k in ("auto", "exact", None):
         return None
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be 'auto', None (exact) or a positive integer, got {top_k!r}.")
@@ -259,15 +263,16 @@ def reference_outputs(
     device: Any = None,
     dtype: Any = None,
     progress: bool | None = None,
+    spill_dir: str | None = None,
     **window_kwargs: Any,
 ) -> ReferenceOutputs:
     """Run the float ``model`` once on the windows and cache what KL/top-1 need.
 
     ``windows_or_tokenizer`` is an :class:`EvalWindows`, or a tokenizer plus the keyword arguments of
-    :func:`get_windows` (corpus, split, protocol, seq_len, stride, max_tokens). ``top_k``: "auto"
-    (exact when N x V x 4 bytes <= ``max_bytes``, else top 256), None (exact) or an integer; see the
-    module docstring for the approximation. Tensors are kept on the CPU; a top-k cache takes
-    N x (12k + 20) bytes.
+    :func:`get_windows` (corpus, split, protocol, seq_len, stride, max_tokens). ``top_k``: "auto" or
+    None (exact: in memory when N x V x 4 bytes <= ``max_bytes``, else memory-mapped from an unlinked
+    file in ``spill_dir``) or an integer (a lower bound; see the module docstring). Tensors are kept on
+    the CPU; a top-k cache takes N x (12k + 20) bytes.
     """
     import torch
 
@@ -286,8 +291,9 @@ def reference_outputs(
     parts: dict[str, list] = {k: [] for k in ("logp", "index", "rest", "target", "argmax")}
     vocab = _vocab_hint(model)
     k = _resolve_top_k(top_k, n, vocab, max_bytes) if vocab is not None else "unknown"
+    table = None  # the exact (N, V) log-prob table, filled batch by batch
     with torch.inference_mode(), _eval_mode(model):
-        for ids, flat, targets, _ in _progress(windows.batches(batch_size, dev), progress, "reference"):
+        for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "reference"):
             logits = forward(ids)
             if vocab is None or k == "unknown" or logits.shape[-1] != vocab:
                 vocab = int(logits.shape[-1])
@@ -296,7 +302,9 @@ def reference_outputs(
             parts["target"].append(lp.gather(1, targets[:, None]).squeeze(1))
             parts["argmax"].append(lp.argmax(-1))
             if k is None:
-                parts["logp"].append(lp)
+                if table is None:
+                    table = _exact_table(n, vocab, max_bytes, spill_dir)
+                table[offset : offset + lp.shape[0]] = lp.cpu()
                 continue
             vals, idx = lp.topk(k, dim=-1, sorted=True)
             parts["logp"].append(vals)
@@ -306,13 +314,48 @@ def reference_outputs(
     return ReferenceOutputs(
         windows=windows,
         top_k=k,
-        logp=cat["logp"],
+        logp=table if k is None else cat["logp"],
         index=cat["index"],
         rest_logp=cat["rest"] if k is not None else torch.full((n,), float("-inf")),
         target_logp=cat["target"],
         argmax=cat["argmax"],
         vocab_size=int(vocab or 0),
     )
+
+
+def reference_metrics(reference: ReferenceOutputs) -> dict:
+    """The float model's own nll / ppl / bpb on the reference windows, from the cached target log-probs.
+
+    Equal (to fp64 summation order) to ``evaluate_windows(float_model, windows)`` without a second pass.
+    """
+    windows = reference.windows
+    nll_sum = float(-reference.target_logp.double().sum())
+    n = windows.n_scored
+    return {
+        "nll": nll_sum / n,
+        "ppl": math.exp(nll_sum / n),
+        "bpb": nll_sum / LN2 / windows.n_bytes if windows.n_bytes else float("nan"),
+        **windows.describe(),
+    }
+
+
+def _exact_table(n: int, vocab: int, max_bytes: int, spill_dir: str | None) -> Any:
+    """An (n, vocab) fp32 tensor: in memory within ``max_bytes``, else memory-mapped from an unlinked file."""
+    import os
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    if n * vocab * 4 <= max_bytes:
+        return torch.empty((n, vocab), dtype=torch.float32)
+    where = spill_dir or os.environ.get("QSCALE_CACHE_DIR") or None
+    if where:
+        os.makedirs(where, exist_ok=True)
+    f = tempfile.TemporaryFile(dir=where, prefix="qscale-ref-")  # noqa: SIM115 - unlinked; lives with the map
+    f.truncate(n * vocab * 4)
+    arr = np.memmap(f, dtype=np.float32, mode="r+", shape=(n, vocab))
+    return torch.from_numpy(arr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,6 +463,7 @@ def evaluate_windows(
                 "reference_ppl": math.exp(ref_nll),
                 "dnll": nll - ref_nll,
                 "kld_top_k": reference.top_k if isinstance(reference, ReferenceOutputs) else None,
+                "kld_is_bound": isinstance(reference, ReferenceOutputs) and not reference.exact,
                 "kld_coverage": reference.coverage if isinstance(reference, ReferenceOutputs) else 1.0,
             }
         )

@@ -116,13 +116,13 @@ def test_zoo_law_computes_only_needed_features_on_a_real_model(tmp_path):
     by = {p.format: p for p in preds}
     assert by["int8-pc"].value < by["int4-g16"].value < by["int3-g16"].value
     assert by["int4-g16"].bits_per_element == pytest.approx(5.0)  # 4 + 16/16
-    # a format that does not fit the model's widths (hidden 32) is skipped with its reason, not fatal
+    # a group wider than the model's rows (hidden 32) is one partial group per row: predicted, not skipped;
+    # a format that cannot be built is skipped with its reason, not fatal
     skipped: dict = {}
-    more = predict_formats(lm, ["int4-g16", "int4-g64"], law, skipped=skipped)
-    assert [p.format for p in more] == ["int4-g16"] and "int4-g64" in skipped
-    assert "does not divide" in skipped["int4-g64"]
-    with pytest.raises(ValueError, match="does not divide"):
-        predict_formats(lm, ["int4-g64"], law)
+    more = predict_formats(lm, ["int4-g16", "int4-g64", "int33"], law, skipped=skipped)
+    assert [p.format for p in more] == ["int4-g16", "int4-g64"] and list(skipped) == ["int33"]
+    with pytest.raises(ValueError, match="int33"):
+        predict_formats(lm, ["int33"], law)
 
 
 def test_zoo_law_needs_model_or_features():

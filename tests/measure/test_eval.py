@@ -161,8 +161,19 @@ def test_topk_cache_is_a_lower_bound_with_the_documented_gap(model, perturbed, t
     assert errs[0] > errs[1] > errs[2] > 0
     auto = reference_outputs(model, w)  # small table: "auto" stores everything
     assert auto.exact and auto.top_k is None and auto.logp.shape == (w.n_scored, len(tok))
-    forced = reference_outputs(model, w, max_bytes=1000)  # over budget: top 256 of 384
-    assert forced.top_k == 256 and forced.coverage < 1.0
+    spilled = reference_outputs(model, w, max_bytes=1000)  # over the RAM budget: still exact, memory-mapped
+    assert spilled.exact and spilled.top_k is None and spilled.coverage == 1.0
+    assert torch.equal(spilled.logp, auto.logp)  # the same fp32 table, read back from the file
+    r_spill, r_mem = (
+        evaluate_windows(perturbed, w, reference=spilled),
+        evaluate_windows(perturbed, w, reference=auto),
+    )
+    assert r_spill["kld"] == r_mem["kld"] == pytest.approx(exact["kld"], rel=1e-5)
+    assert r_spill["kld_is_bound"] is False
+    assert (
+        evaluate_windows(perturbed, w, reference=reference_outputs(model, w, top_k=32))["kld_is_bound"]
+        is True
+    )
     assert reference_outputs(model, w, top_k=10_000).exact  # top_k >= vocab stores everything
     with pytest.raises(ValueError, match="top_k"):
         reference_outputs(model, w, top_k=0)

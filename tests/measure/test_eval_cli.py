@@ -84,7 +84,7 @@ def test_eval_table_output(patched_load):
     [
         (["--protocol", "rollin"], "Did you mean 'rolling'"),
         (["--format", "innt4-g128"], "did you mean int4-g128"),
-        (["--format", "int4-g1288"], "does not divide"),
+        (["--format", "int4-g0"], "int4-g0"),
         (["--dtype", "fp12"], "valid choices"),
         (["--top-k", "many"], "--top-k"),
         (["--corpus", "lee_newz"], "lee_news"),
