@@ -2,50 +2,78 @@
 
 Endpoints (all JSON unless noted)::
 
-    GET  /                  the web page (static/index.html)
-    GET  /api/health        {"status": "ok", "version": ..., "laws": n}
+    GET  /                  the web page (static/index.html; its script and style are static/app.js, app.css)
+    GET  /api/health        {"status": "ok", "version": ..., "laws": n, "models": {...}}
     GET  /api/laws          the manifests of the laws the service can use
     GET  /api/laws/{name}   one manifest
     GET  /api/formats       the format catalogue (spec, family, element bits, bits/element)
+    GET  /api/models        the model names this server can load (zoo:, panel:, --model-dir entries)
     POST /api/predict       {"law": ..., "model": ..., "format": ...}                 -> one prediction
                             {"law": ..., "model": ..., "formats": "all-4bit" | [...],
                              "budget": 0.1}                                           -> ranked, + recommendation
                             public-data laws take inputs instead of a model, e.g.
                             {"law": "public-...", "inputs": {"params_b": 7, "bits": 4, "method": "gptq"}}
+                            or a format, whose bits per weight become the law's input:
+                            {"law": "public-...", "format": "int4-g128",
+                             "inputs": {"params_b": 7, "method": "gptq"}}
 
-Bad input answers 400 with a message that names the problem and the valid choices; nothing is written anywhere.
-The service only reads artifacts (JSON / skops with an explicit trusted-type list): loading never runs their code.
+Bad input answers 400 (or 422 for a body that does not match the schema, naming the valid range), a body over
+the size limit 413, a full server 503 with ``Retry-After``. Nothing is written anywhere. The service only reads
+artifacts (JSON / skops with an explicit trusted-type list) and models from the roots the operator allows
+(:mod:`qscale.service.models`); loading never runs code from them, nothing is downloaded. The threat model is
+in docs/security.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
+import threading
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from qscale import __version__
+from qscale.service.guard import Guard, allowed_host_set
+from qscale.service.models import Busy, ModelLoadFailed, ModelPool, ModelRefused, ModelRoots, WorkQueue
+from qscale.service.schemas import MAX_FORMATS, PredictRequest, valid_range
 
 STATIC = Path(__file__).with_name("static")
+log = logging.getLogger("qscale.service")
+
+#: Default limits (``qscale serve`` options change them).
+MAX_BODY = 64 * 1024
+MODEL_CACHE = 2
+MAX_WORKERS = 2
+MAX_QUEUE = 8
+TIME_LIMIT = 120.0
+
+#: What public laws take in ``inputs`` besides their own feature columns.
+PUBLIC_INPUTS = ("params_b", "bits", "group_size", "method", "family", "train_tokens", "n_nonembed", "bpw")
+#: Keyword arguments of the Python prediction API: never settable from a request.
+RESERVED = frozenset({"alpha", "extrapolate", "features", "models_dir", "skipped", "model", "formats", "law"})
 
 
-class PredictRequest(BaseModel):
-    law: str = Field(..., description="Name of a fitted law (GET /api/laws).")
-    model: str | None = Field(None, description="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file.")
-    format: str | None = Field(None, description="One format spec, e.g. int4-g128.")
-    formats: str | list[str] | None = Field(
-        None, description="A named set (all-4bit) or a list of specs to rank."
-    )
-    budget: float | None = Field(
-        None, description="Largest acceptable predicted damage (upper interval bound)."
-    )
-    inputs: dict[str, Any] | None = Field(
-        None, description="Feature values given directly (public-data laws)."
-    )
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "Bad input: the message names the problem and valid choices."},
+    413: {"model": ErrorDetail, "description": "Request body over the size limit."},
+    503: {
+        "model": ErrorDetail,
+        "description": "Busy (concurrency cap) or past the time limit; see the Retry-After header.",
+    },
+}
+HOST_ERROR = {400: {"model": ErrorDetail, "description": "Invalid Host header."}}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -69,53 +97,119 @@ def _expand_formats(formats: str | list[str]) -> list[str]:
     from qscale.formats import FORMAT_SETS, expand_formats
 
     try:
-        return expand_formats(formats)
+        specs = expand_formats(formats)
     except ValueError as err:
         raise HTTPException(400, f"{err} (named sets: {', '.join(sorted(FORMAT_SETS))})") from err
+    if len(specs) > MAX_FORMATS:
+        raise HTTPException(400, f"{len(specs)} formats: at most {MAX_FORMATS} per request")
+    if not specs:
+        raise HTTPException(400, "'formats' names no format")
+    return specs
 
 
-def create_app(models_dir: str | Path | None = None) -> FastAPI:
-    """Build the FastAPI app over the laws in ``models_dir`` (default: the repository's ``models/``)."""
+def create_app(
+    models_dir: str | Path | None = None,
+    *,
+    model_dirs: Iterable[str | Path] = (),
+    zoo_root: str | Path | None = None,
+    panel_root: str | Path | None = None,
+    bind: str | None = None,
+    allowed_hosts: Iterable[str] = (),
+    max_body: int = MAX_BODY,
+    model_cache: int = MODEL_CACHE,
+    max_workers: int = MAX_WORKERS,
+    max_queue: int = MAX_QUEUE,
+    time_limit: float = TIME_LIMIT,
+) -> FastAPI:
+    """Build the FastAPI app over the laws in ``models_dir`` (default: the repository's ``models/``).
+
+    Models come only from ``model_dirs``, the zoo root and the panel root (defaults: ``$QSCALE_ZOO_DIR`` /
+    ``$QSCALE_PANEL_DIR`` or their ``~/.cache/qscale`` directories). Requests must carry a ``Host`` naming
+    loopback, ``bind`` or one of ``allowed_hosts`` (``"*"`` allows any).
+    """
     from qscale.laws import artifacts
 
+    roots = ModelRoots(model_dirs, zoo_root=zoo_root, panel_root=panel_root)
+    pool = ModelPool(size=model_cache)
+    queue = WorkQueue(max_workers=max_workers, max_queue=max_queue, time_limit=time_limit)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.shutdown()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="qscale",
         version=__version__,
         description="Predict quantization damage of language models from fitted laws.",
+        docs_url=None,  # Swagger UI / ReDoc load script from a CDN: not under this CSP; /openapi.json stays
+        redoc_url=None,
     )
+    app.state.roots, app.state.pool, app.state.queue = roots, pool, queue
     cache: dict[str, Any] = {}
+    law_lock = threading.Lock()
+
+    app.add_middleware(Guard, allowed_hosts=allowed_host_set(bind, allowed_hosts), max_body=max_body)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = []
+        for err in exc.errors():
+            loc = list(err.get("loc", ()))
+            msg = str(err.get("msg", "invalid value"))
+            rng = valid_range(loc)
+            if rng:
+                msg = f"{msg} (valid: {rng})"
+            detail.append({"loc": loc, "msg": msg, "type": str(err.get("type", "value_error"))})
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def get_law(name: str):
-        if name not in cache:
-            known = artifacts.list_laws(models_dir)
-            if name not in known:
-                import difflib
+        with law_lock:
+            if name not in cache:
+                known = artifacts.list_laws(models_dir)
+                if name not in known:
+                    import difflib
 
-                near = difflib.get_close_matches(name, known, n=3)
-                hint = f" (did you mean {', '.join(near)}?)" if near else ""
-                raise HTTPException(
-                    400, f"unknown law {name!r}{hint}; available laws: {', '.join(known) or '(none)'}"
-                )
-            cache[name] = artifacts.load_law(name, models_dir)
-        return cache[name]
+                    near = difflib.get_close_matches(name, known, n=3)
+                    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+                    shown = name if len(name) <= 80 else name[:77] + "..."
+                    raise HTTPException(
+                        400, f"unknown law {shown!r}{hint}; available laws: {', '.join(known) or '(none)'}"
+                    )
+                cache[name] = artifacts.load_law(name, models_dir)
+            return cache[name]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return (STATIC / "index.html").read_text(encoding="utf-8")
 
-    @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "laws": len(artifacts.list_laws(models_dir))}
+    @app.get("/static/app.js", include_in_schema=False)
+    def script() -> Response:
+        return Response((STATIC / "app.js").read_bytes(), media_type="text/javascript; charset=utf-8")
 
-    @app.get("/api/laws")
+    @app.get("/static/app.css", include_in_schema=False)
+    def style() -> Response:
+        return Response((STATIC / "app.css").read_bytes(), media_type="text/css; charset=utf-8")
+
+    @app.get("/api/health", responses=HOST_ERROR)
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "laws": len(artifacts.list_laws(models_dir)),
+            "models": {"cached": len(pool), "pending": queue.pending, "capacity": queue.capacity},
+        }
+
+    @app.get("/api/laws", responses=HOST_ERROR)
     def laws() -> list[dict[str, Any]]:
         return [_jsonable(artifacts.manifest_of(get_law(n))) for n in artifacts.list_laws(models_dir)]
 
-    @app.get("/api/laws/{name}")
+    @app.get("/api/laws/{name}", responses=ERRORS)
     def law(name: str) -> dict[str, Any]:
         return _jsonable(artifacts.manifest_of(get_law(name)))
 
-    @app.get("/api/formats")
+    @app.get("/api/formats", responses=HOST_ERROR)
     def formats() -> list[dict[str, Any]]:
         from qscale.formats import get_format, list_formats
 
@@ -133,34 +227,141 @@ def create_app(models_dir: str | Path | None = None) -> FastAPI:
             )
         return out
 
-    @app.post("/api/predict")
+    @app.get("/api/models", responses=HOST_ERROR)
+    def models() -> list[dict[str, str]]:
+        return roots.available()
+
+    @app.post("/api/predict", responses=ERRORS)
     def predict(req: PredictRequest) -> dict[str, Any]:
         from qscale.laws import predict as P
+        from qscale.laws.estimators import LawError
 
         law_obj = get_law(req.law)
         if req.format and req.formats:
             raise HTTPException(
                 400, "give either 'format' (one spec) or 'formats' (a set or list to rank), not both"
             )
-        specs: list[str | None]
-        if req.formats is not None:
-            specs = list(_expand_formats(req.formats))
-        else:
-            specs = [req.format]
+        specs: list[str | None] = (
+            list(_expand_formats(req.formats)) if req.formats is not None else [req.format]
+        )
+        given = _check_inputs(law_obj, req.inputs.given() if req.inputs is not None else {})
+        skipped: dict[str, str] = {}
         try:
-            preds = P.predict_formats(req.model, specs, law_obj, **(req.inputs or {}))
-        except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+            if law_obj.kind == "public":
+                preds = _predict_public(law_obj, req, specs, given, skipped)
+            elif req.model is not None:
+                ref = roots.resolve(req.model)
+
+                def work() -> list[Any]:
+                    with pool.use(ref) as lm:
+                        return P.predict_formats(
+                            lm, specs, law_obj, alpha=req.alpha,
+                            skipped=skipped if len(specs) > 1 else None, **given,
+                        )  # fmt: skip
+
+                preds = queue.run(work)
+            else:
+                preds = P.predict_formats(
+                    None, specs, law_obj, alpha=req.alpha,
+                    skipped=skipped if len(specs) > 1 else None, **given,
+                )  # fmt: skip
+        except ModelRefused as err:
+            raise HTTPException(400, str(err)) from None
+        except ModelLoadFailed as err:
+            raise HTTPException(400, str(err)) from None
+        except Busy as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
+        except (LawError, ValueError, KeyError, TypeError) as err:
             raise HTTPException(400, str(err)) from err
-        result: dict[str, Any] = {"predictions": preds}
+        if not preds:
+            why = "; ".join(f"{s}: {r}" for s, r in skipped.items())
+            raise HTTPException(400, f"no format could be predicted for this model ({why})")
+        if req.model is not None:  # the client's name, never the server path it resolved to
+            preds = [dataclasses.replace(p, model=req.model) for p in preds]
+        deltas = None
+        if req.baseline_ppl is not None:
+            try:
+                deltas = [p.delta_ppl(req.baseline_ppl) for p in preds]
+            except LawError as err:
+                raise HTTPException(400, str(err)) from err
+        rows = [_row(p, d) for p, d in zip(preds, deltas or [None] * len(preds), strict=True)]
+        result: dict[str, Any] = {"predictions": rows}
         if req.formats is not None:
-            preds = sorted(preds, key=lambda p: (p.value, p.bits_per_element or 0.0))
-            result["predictions"] = preds
+            order = sorted(
+                range(len(preds)), key=lambda i: (preds[i].value, preds[i].bits_per_element or 0.0)
+            )
+            preds = [preds[i] for i in order]
+            result["predictions"] = [rows[i] for i in order]
+        if skipped:
+            result["skipped"] = [{"format": s, "reason": r} for s, r in skipped.items()]
         if req.budget is not None:
             pick = P.recommend(preds, req.budget)
             result["recommended"] = None if pick is None else pick.format
             result["budget"] = req.budget
         if len(preds) == 1 and req.formats is None:
-            result = {**preds[0].to_dict()}
+            result = rows[0]
         return {"law": req.law, "result": _jsonable(result)}
 
     return app
+
+
+def _row(pred: Any, delta: tuple[float, float, float] | None) -> dict[str, Any]:
+    d = pred.to_dict()
+    if delta is not None:
+        d["delta_ppl"] = dict(zip(("value", "lo", "hi"), delta, strict=True))
+    return d
+
+
+def _check_inputs(law: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` if every name is documented for ``law``, else a 400 naming the names it takes."""
+    allowed = set(law.estimator.features_) - RESERVED
+    if law.kind == "public":
+        allowed |= set(PUBLIC_INPUTS)
+    bad = sorted(k for k in given if k not in allowed or k in RESERVED)
+    if bad:
+        raise HTTPException(
+            400,
+            f"unknown input(s) {bad} for law '{law.name}'; it takes: {', '.join(sorted(allowed)) or '(none)'}",
+        )
+    return given
+
+
+def _predict_public(
+    law: Any, req: PredictRequest, specs: list[str | None], given: dict[str, Any], skipped: dict[str, str]
+) -> list[Any]:
+    """Public-data laws: no model; a format's bits per weight is the law's bit input."""
+    from qscale.formats import get_format
+    from qscale.laws import predict as P
+
+    if req.model is not None:
+        raise HTTPException(
+            400,
+            f"law '{law.name}' is a public-data law: it takes inputs (params_b, bits, method, ...), "
+            "not a model; pick a zoo law to predict for a model",
+        )
+    if specs == [None]:
+        return P.predict_formats(None, [None], law, alpha=req.alpha, **given)
+    clash = sorted(k for k in ("bits", "bpw", "group_size") if k in given)
+    if clash:
+        raise HTTPException(
+            400, f"give either a format or inputs {clash}, not both: the format sets the bits per weight"
+        )
+    preds = []
+    for spec in specs:
+        try:
+            fmt = get_format(str(spec))
+            bpe = float(fmt.bits_per_element)
+            (p,) = P.predict_formats(None, [None], law, alpha=req.alpha, **given, bpw=bpe)
+        except ValueError as err:  # FormatError, LawError
+            if len(specs) == 1:
+                raise
+            skipped[str(spec)] = str(err)
+            continue
+        warns = list(p.warnings)
+        if fmt.family != "int":
+            warns.append(
+                f"law '{law.name}' was fitted on integer weight formats; {spec} ({fmt.family}) enters only "
+                f"through its {bpe:g} bits per weight"
+            )
+        preds.append(dataclasses.replace(p, format=str(fmt), bits_per_element=bpe, warnings=tuple(warns)))
+    return preds
