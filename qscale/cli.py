@@ -29,7 +29,8 @@ _COMMAND_MODULES = (
     "qscale.measure.commands",  # eval
     "qscale.measure.landscape_commands",  # landscape, outliers
     "qscale.collect.commands",  # collect, runs, demo
-    "qscale.laws.commands",  # fit, laws, predict
+    "qscale.laws.commands",  # fit, laws
+    "qscale.workflows.commands",  # predict, profile
     "qscale.report.commands",  # report
     "qscale.service.commands",  # serve
 )
@@ -46,14 +47,18 @@ def _register_all() -> None:
         module.register(app)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the qscale version and exit."),
 ) -> None:
     if version:
         from qscale import __version__
 
         typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit()
 
 

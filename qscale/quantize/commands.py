@@ -28,8 +28,12 @@ def quantize_cmd(
     calib_samples: int = typer.Option(32, "--calib-samples"),
     calib_seq_len: int = typer.Option(256, "--calib-seq-len"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    force: bool = typer.Option(False, "--force", help="Write --out even if the directory is not empty."),
 ) -> None:
     """Fake-quantize MODEL's linear weights in FORMAT and print SQNR per layer (and write a checkpoint with --out)."""
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        what = "is a file" if not out.is_dir() else "is not empty"
+        raise typer.BadParameter(f"--out {out} {what}; choose a new directory or pass --force to overwrite")
     from rich.console import Console
     from rich.table import Table
 

@@ -1,0 +1,96 @@
+"""The dependency rule, enforced: a lower layer never imports a higher one, lazily or not (every import
+statement of every module, function bodies included, is read from the source)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import qscale
+
+ROOT = Path(qscale.__file__).parent
+
+#: Lowest first. A module may import its own layer and the layers before it.
+LAYERS = (
+    ("registry",),
+    ("formats",),
+    ("kernels",),
+    ("corpora", "lm"),
+    ("quantize",),
+    ("measure",),
+    ("collect",),
+    ("laws",),
+    ("workflows",),
+    ("service", "report", "cli"),
+)
+
+#: Upward imports that exist today and are to be removed by the renovation (issue 16); nothing may be added.
+KNOWN = {
+    ("formats", "kernels"),  # Format.fake_quant / make_quantizer call the kernels (the kernel entry points should take a format)
+    ("collect", "laws"),  # collect/demo.py: the demo's fit-and-report belongs in workflows
+    ("collect", "report"),
+    ("quantize", "measure"),  # quantize/lens.py evaluates models (the lens study is a workflow)
+}
+
+
+def _rank(part: str) -> int | None:
+    for i, names in enumerate(LAYERS):
+        if part in names:
+            return i
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _layer_of(path: Path) -> str:
+    """The layer a file belongs to: its folder under qscale/, or the module name (registry.py, cli.py);
+    qscale/__init__.py is the public API on top (like cli)."""
+    rel = path.relative_to(ROOT)
+    if len(rel.parts) == 1:
+        return "cli" if rel.stem == "__init__" else rel.stem
+    return rel.parts[0]
+
+
+def test_no_new_upward_import():
+    found: dict[tuple[str, str], list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        own = _layer_of(path)
+        if _rank(own) is None:
+            continue
+        for mod in _imports(path):
+            parts = mod.split(".")
+            if parts[0] != "qscale" or len(parts) < 2:
+                continue
+            target = parts[1]
+            r_own, r_t = _rank(own), _rank(target)
+            if r_t is None or r_t <= r_own:
+                continue
+            found.setdefault((own, target), []).append(f"{path.relative_to(ROOT)} imports {mod}")
+    new = {k: v for k, v in found.items() if k not in KNOWN}
+    assert not new, "upward imports (a lower layer importing a higher one):\n" + "\n".join(
+        line for v in new.values() for line in v
+    )
+
+
+def test_known_list_is_not_stale():
+    """When the renovation removes an upward import, its KNOWN entry must go too (the list only shrinks)."""
+    found = set()
+    for path in ROOT.rglob("*.py"):
+        own = _layer_of(path)
+        if _rank(own) is None:
+            continue
+        for mod in _imports(path):
+            parts = mod.split(".")
+            if parts[0] == "qscale" and len(parts) > 1 and _rank(parts[1]) is not None:
+                if _rank(parts[1]) > _rank(own):
+                    found.add((own, parts[1]))
+    assert KNOWN <= found, f"stale KNOWN entries: {sorted(KNOWN - found)}"
