@@ -154,6 +154,8 @@ def _parse_kv(items: list[str]) -> dict:
 
 def predict_cmd(
     law: str = typer.Option(..., "--law", help="Law name under models/ (see `qscale laws list`) or path."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Profile law: every layer's predicted KL."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress (profile law)."),
     model: str | None = typer.Option(None, "--model", help="Model: zoo:NAME, an HF directory or a .gguf."),
     format: str | None = typer.Option(None, "--format", help="Format spec, e.g. int4-g128."),
     formats: str | None = typer.Option(None, "--formats", help="A format set (all-4bit, ...) or comma list."),
@@ -281,4 +283,4 @@ def predict_cmd(
 def register(app: typer.Typer) -> None:
     app.command("fit")(fit_cmd)
     app.add_typer(laws_app, name="laws")
-    app.command("predict")(predict_cmd)
+    # `qscale predict` is registered by qscale.workflows.commands (the default law for a model is a workflow).

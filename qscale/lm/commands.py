@@ -148,6 +148,29 @@ def panel_list_command(
         )
 
 
+@panel_app.command("grid")
+def panel_grid_command(
+    model: str = typer.Argument(..., help="panel:NAME, an HF directory or a .gguf file."),
+    formats: str = typer.Option("int4-g32-asym,int4-g32,int5-g32,int8-pc", "--formats", "-f",
+                                help="Comma list or a format set."),
+    max_layers: int = typer.Option(8, "--max-layers", min=1, help="Check the first N linear layers."),
+) -> None:
+    """Which formats reproduce the low-bit grid the weights already sit on (re-quantizing is then lossless)."""
+    from qscale.formats import expand_formats, get_format
+    from qscale.lm import load
+    from qscale.lm.loading import LoadError
+    from qscale.lm.panel import degenerate_formats
+
+    try:
+        specs = [get_format(s) for s in expand_formats(formats)]
+        lm = load(model)
+    except (LoadError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    for g in degenerate_formats(lm.model, specs, max_layers=max_layers):
+        flag = "DEGENERATE (reproduces the base grid)" if g.degenerate else ""
+        typer.echo(f"{g.format:22s} relative weight error {g.rel_error:.3e}  {flag}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(zoo_app, name="zoo")
     app.add_typer(panel_app, name="panel")

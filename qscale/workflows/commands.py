@@ -1,0 +1,227 @@
+"""CLI adapters of the workflows: ``qscale predict`` (profile law by default for a model) and ``qscale profile``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from pathlib import Path
+
+import typer
+
+from qscale.laws import commands as law_commands
+
+profile_app = typer.Typer(
+    help="Sensitivity profiles: one calibration pass per model, KL predictions for every format.",
+    no_args_is_help=True,
+)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    return lambda fmt: typer.secho(f"  predicted {fmt}", err=True, dim=True)
+
+
+def profile_predict(
+    model: str,
+    specs: list[str],
+    *,
+    alpha: float,
+    budget: float | None,
+    as_json: bool,
+    breakdown: bool,
+    progress: bool,
+    models_dir: Path | None,
+) -> None:
+    """`qscale predict --model M --formats ...` without --law: the profile workflow."""
+    from qscale.laws.estimators import LawError
+    from qscale.lm.loading import LoadError
+    from qscale.workflows.profile import predict_model
+
+    skipped: dict[str, str] = {}
+    try:
+        out = predict_model(
+            model,
+            specs,
+            alpha=alpha,
+            models_dir=models_dir,
+            breakdown=breakdown,
+            skipped=skipped,
+            progress=_progress(progress),
+        )
+    except (LawError, LoadError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+        return
+    for spec, why in skipped.items():
+        typer.secho(f"skipped {spec}: {why}", fg="yellow", err=True)
+    preds = sorted(out["predictions"], key=lambda p: p["value"])
+    if not preds:
+        _fail("no format could be predicted for this model")
+    rec = None
+    if budget is not None:
+        ok = [p for p in preds if p["hi"] <= budget]
+        rec = min(ok, key=lambda p: (p["bits_per_weight"], p["value"])) if ok else None
+        out["budget"] = budget
+        out["recommended"] = rec["format"] if rec else None
+    out["predictions"] = preds
+    out["skipped"] = skipped
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    prof = out["profile"]
+    typer.echo(
+        f"{out['model']}  ({out['identity']}); profile: {prof['n_tokens']} tokens, "
+        f"{prof['passes']['forward']} fwd + {prof['passes']['backward']} bwd passes, "
+        f"{prof['profile_seconds_when_computed']:.1f} s ({'computed now' if prof['computed'] else 'cached'})"
+    )
+    level = f"{1 - alpha:.0%}"
+    typer.echo(
+        f"{'format':22s} {'bits/w':>7s}  {'KL (nats/token)':>16s}  {level} interval        top layer (share)"
+    )
+    for p in preds:
+        top = p["top_layers"][0] if p["top_layers"] else None
+        t = f"{top['layer']} ({top['share']:.0%})" if top else ""
+        typer.echo(
+            f"{p['format']:22s} {p['bits_per_weight']:7.3f}  {p['value']:16.4g}  "
+            f"[{p['lo']:.3g}, {p['hi']:.3g}]  {t}"
+        )
+    for w in dict.fromkeys(w for p in preds for w in p["warnings"]):
+        typer.secho(f"warning: {w}", fg="yellow", err=True)
+    if budget is not None:
+        if rec is None:
+            typer.echo(f"no format's upper bound is within the budget {budget:g} nats/token")
+        else:
+            typer.echo(
+                f"recommended: {rec['format']} ({rec['bits_per_weight']:.3f} bits/weight, "
+                f"hi={rec['hi']:.4g} <= {budget:g})"
+            )
+
+
+def predict_cmd(**kwargs) -> None:
+    """Predict the quality loss of quantizing a model to formats: with --model and no --law, from the model's
+    own sensitivity profile (KL with a 90% interval and the layers that carry it); with --law, a named law."""
+    law = kwargs.get("law")
+    if law is None:
+        if not kwargs.get("model"):
+            _fail(
+                "give --model (the profile law predicts from the model's weights) or --law NAME "
+                "(see `qscale laws list`)"
+            )
+        from qscale.formats import expand_formats
+
+        spec = kwargs.get("formats") or kwargs.get("format")
+        if not spec:
+            _fail("give --format or --formats (a set like all-4bit or a comma list)")
+        try:
+            specs = expand_formats(spec)
+        except ValueError as err:
+            _fail(str(err))
+            return
+        profile_predict(
+            kwargs["model"],
+            specs,
+            alpha=kwargs["alpha"],
+            budget=kwargs.get("budget"),
+            as_json=kwargs["as_json"],
+            breakdown=kwargs["breakdown"],
+            progress=kwargs["progress"],
+            models_dir=kwargs.get("models_dir"),
+        )
+        return
+    kwargs.pop("breakdown", None)
+    kwargs.pop("progress", None)
+    law_commands.predict_cmd(**kwargs)
+
+
+# The same options as the named-law command, with --law optional.
+_sig = inspect.signature(law_commands.predict_cmd)
+_hints = typing.get_type_hints(law_commands.predict_cmd)
+_params = []
+for _p in _sig.parameters.values():
+    _p = _p.replace(annotation=_hints[_p.name])
+    if _p.name == "law":
+        _p = _p.replace(
+            annotation=str | None,
+            default=typer.Option(
+                None, "--law", help="A named law (see `qscale laws list`); default: the model's profile law."
+            ),
+        )
+    _params.append(_p)
+predict_cmd.__signature__ = _sig.replace(parameters=_params)  # type: ignore[attr-defined]
+predict_cmd.__annotations__ = {p.name: p.annotation for p in _params} | {"return": None}
+
+
+@profile_app.command("validate")
+def validate_cmd(
+    store: list[Path] = typer.Option(..., "--store", help="Run stores with measured RTN runs (repeatable)."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Where the validation report goes."),
+    ship: bool = typer.Option(
+        False, "--ship", help="Also fit on every model and save models/profile-*.json."
+    ),
+    cache: Path = typer.Option(
+        Path("data/profile_raw.json"), "--cache", help="Raw predictions cache (JSON)."
+    ),
+    models_dir: Path | None = typer.Option(None, "--models-dir"),
+) -> None:
+    """Leave-one-model-out validation of the profile law (and, with --ship, the calibration it ships)."""
+    from qscale.laws.estimators import LawError
+    from qscale.workflows.profile import validate
+
+    for s in store:
+        if not s.is_file():
+            _fail(f"no run store at {s}")
+    try:
+        res = validate(store, out_dir=out, models_dir=models_dir, cache=cache, ship=ship, log=typer.echo)
+    except LawError as err:
+        _fail(str(err))
+        return
+    typer.echo((out / "profile_validation.md").read_text())
+    _ = res
+
+
+@profile_app.command("compute")
+def compute_cmd(
+    model: str = typer.Argument(..., help="zoo:NAME, panel:NAME, an HF directory or a .gguf file."),
+    estimator: str = typer.Option(
+        "rank1", "--estimator", help="rank1 (small artifact) | full (fp16 diagonal)."
+    ),
+    label_draws: int = typer.Option(
+        1, "--label-draws", min=1, help="Sampled label sets per calibration row."
+    ),
+    recompute: bool = typer.Option(False, "--recompute", help="Ignore a cached profile."),
+) -> None:
+    """Compute (or show the cached) sensitivity profile of a model: cost and the most sensitive layers."""
+    from qscale.lm import load
+    from qscale.lm.loading import LoadError
+    from qscale.measure.sensitivity import cached_profile
+
+    try:
+        lm = load(model)
+        prof, path, computed = cached_profile(
+            lm, estimator=estimator, label_draws=label_draws, recompute=recompute
+        )
+    except (LoadError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(
+        f"{lm.name}: {len(prof.layers)} layers, {prof.n_tokens} calibration tokens, "
+        f"{prof.passes['forward']} fwd + {prof.passes['backward']} bwd passes, {prof.seconds:.1f} s "
+        f"({'computed' if computed else 'cached'}) -> {path}"
+    )
+    top = sorted(prof.layers.values(), key=lambda lp: -lp.total / (lp.shape[0] * lp.shape[1]))[:8]
+    typer.echo("most sensitive layers (mean Fisher diagonal per weight):")
+    for lp in top:
+        typer.echo(
+            f"  {lp.name:48s} {lp.total / (lp.shape[0] * lp.shape[1]):.3e}  rank-1 fit {lp.rank1_fit:.2f}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_cmd)
+    app.add_typer(profile_app, name="profile")

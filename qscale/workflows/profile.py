@@ -1,0 +1,424 @@
+"""Predict a model's damage in any format from its sensitivity profile; validate and ship the calibration.
+
+``predict_model(model, formats)`` is the default law for a model (``qscale predict --model M --formats ...``
+without ``--law``): load the model (any local HF checkpoint, ``zoo:`` or ``panel:`` name, or a .gguf), get its
+sensitivity profile (computed once, cached by weights identity), compute every format's per-layer weight error
+and predicted KL contribution (no quantized evaluation), sum them, and pass the sum through the shipped
+calibration (``models/profile-kld.json``; dnll alongside from ``models/profile-dnll.json``) for a value and a
+90% interval.
+
+``validate(stores, ...)`` builds the calibration data (every measured RTN run of the given run stores, with the
+raw profile prediction recomputed from the model's weights), scores leave-one-model-out, fits the shipped
+calibration on all models and writes the validation report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qscale.laws.artifacts import MODELS_DIR
+from qscale.laws.estimators import LawError
+from qscale.laws.profile import ProfileCalibration, lomo_scores
+
+UNITS = {"kld": "nats/token", "dnll": "nats/token"}
+
+
+def calibration_path(target: str = "kld", models_dir: str | Path | None = None) -> Path:
+    return Path(models_dir or MODELS_DIR) / f"profile-{target}.json"
+
+
+def load_calibration(target: str = "kld", models_dir: str | Path | None = None) -> ProfileCalibration:
+    path = calibration_path(target, models_dir)
+    if not path.is_file():
+        raise LawError(
+            f"no profile calibration for {target!r} at {path}; fit one with `qscale profile validate` "
+            "(needs measured runs of at least two models)"
+        )
+    return ProfileCalibration.load(path)
+
+
+def bits_per_weight(lm: Any, fmt: Any, exclude: Sequence[str] | None = None) -> float:
+    """Average bits per quantized weight over the model's linear layers, partial trailing groups counted."""
+    from qscale.lm.layers import linear_layers
+
+    bits = n = 0.0
+    for ref in linear_layers(lm.model, exclude=exclude):
+        bits += fmt.bits_per_element_for(ref.in_features) * ref.out_features * ref.in_features
+        n += ref.out_features * ref.in_features
+    return bits / n if n else float("nan")
+
+
+def format_terms(
+    lm: Any,
+    profile: Any,
+    specs: Sequence[str],
+    *,
+    skipped: dict[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Per format: ``{"format", "raw", "layers": {name: {...}}, "bits_per_weight", "seconds"}`` (RTN errors)."""
+    from qscale.formats import FormatError, get_format
+
+    out = []
+    for spec in specs:
+        t = time.perf_counter()
+        try:
+            fmt = get_format(spec)
+            layers = profile.layer_terms(lm.model, fmt)
+        except (FormatError, ValueError) as err:
+            if skipped is None:
+                raise
+            skipped[str(spec)] = str(err)
+            continue
+        out.append(
+            {
+                "format": str(fmt),
+                "raw": sum(v["kld"] for v in layers.values()),
+                "layers": layers,
+                "bits_per_weight": bits_per_weight(lm, fmt, profile.settings.get("exclude")),
+                "seconds": time.perf_counter() - t,
+            }
+        )
+        if progress is not None:
+            progress(str(fmt))
+    return out
+
+
+def _interval(cal: ProfileCalibration, raw: float) -> dict[str, float]:
+    v, lo, hi = (float(x) for x in cal.interval(raw))
+    return {"value": v, "lo": lo, "hi": hi}
+
+
+def predict_model(
+    model: Any,
+    formats: Sequence[str],
+    *,
+    alpha: float = 0.1,
+    models_dir: str | Path | None = None,
+    profile_dir: str | Path | None = None,
+    top_layers: int = 5,
+    breakdown: bool = False,
+    skipped: dict[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Predicted KL (and dnll) of ``model`` in each format, with intervals and the layers that carry the damage.
+
+    ``model``: a reference for :func:`qscale.lm.load` or a loaded model. Returns ``{"model", "identity",
+    "profile": {...}, "predictions": [{"format", "value", "lo", "hi", "target": "kld", "unit", "alpha",
+    "raw", "bits_per_weight", "dnll": {...}, "top_layers": [...]}, ...]}``; ``breakdown=True`` adds every
+    layer's predicted KL under ``"layers"``.
+    """
+    from qscale.lm import load
+    from qscale.measure.sensitivity import cached_profile
+
+    lm = load(model) if isinstance(model, str) else model
+    pop = population(lm.name)
+    cal = load_calibration(calibration_name("kld", pop), models_dir)
+    if not math.isclose(cal.alpha, alpha):
+        cal.alpha = alpha
+        import numpy as np
+
+        from qscale.laws.estimators import _conformal_q
+
+        cal.q_ = _conformal_q(np.asarray(cal.lomo_abs_resid_), alpha)
+    try:
+        cal_dnll = load_calibration(calibration_name("dnll", pop), models_dir)
+    except LawError:
+        cal_dnll = None
+    t = time.perf_counter()
+    prof, path, computed = cached_profile(lm, cache_dir=profile_dir)
+    t_profile = time.perf_counter() - t
+    terms = format_terms(lm, prof, formats, skipped=skipped, progress=progress)
+    preds = []
+    warnings = []
+    lo_raw, hi_raw = cal.raw_range_
+    for item in terms:
+        p = {
+            "format": item["format"],
+            **_interval(cal, item["raw"]),
+            "target": "kld",
+            "unit": UNITS["kld"],
+            "alpha": alpha,
+            "law": "profile",
+            "raw": item["raw"],
+            "bits_per_weight": item["bits_per_weight"],
+            "seconds": round(item["seconds"], 3),
+        }
+        if cal_dnll is not None:
+            p["dnll"] = _interval(cal_dnll, item["raw"])
+        ranked = sorted(item["layers"].items(), key=lambda kv: -kv[1]["kld"])
+        total = item["raw"] or 1.0
+        p["top_layers"] = [
+            {"layer": n, "share": v["kld"] / total, "kld": v["kld"], "sqnr_db": v["sqnr_db"]}
+            for n, v in ranked[:top_layers]
+        ]
+        if breakdown:
+            p["layers"] = {n: v["kld"] for n, v in item["layers"].items()}
+        w = []
+        if item["raw"] < lo_raw / 10 or item["raw"] > hi_raw * 10:
+            w.append(
+                f"raw prediction {item['raw']:.3g} is outside the calibration's range "
+                f"[{lo_raw:.3g}, {hi_raw:.3g}] by more than 10x: the interval is an extrapolation"
+            )
+        p["warnings"] = w
+        warnings.extend(w)
+        preds.append(p)
+    return {
+        "model": lm.name,
+        "identity": lm.facts.identity,
+        "law": "profile",
+        "calibration": {"population": pop, "form": cal.form, "models": cal.models_, "n_runs": cal.n_runs_,
+                        "a": cal.a_, "b": cal.b_, "q": cal.q_},
+        "profile": {
+            "path": str(path),
+            "computed": computed,
+            "seconds": prof.seconds if computed else round(t_profile, 2),
+            "profile_seconds_when_computed": prof.seconds,
+            "passes": prof.passes,
+            "n_tokens": prof.n_tokens,
+            "estimator": prof.estimator,
+        },
+        "predictions": preds,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Validation: the calibration data, leave-one-model-out scores, the shipped calibration
+# ------------------------------------------------------------------------------------------------------
+def measured_runs(stores: Sequence[str | Path], method: str = "rtn") -> Any:
+    """Every ok run of ``method`` in the stores: model, format, kld, dnll, timings (one row per model x format,
+    the first eval setting of each model)."""
+    import pandas as pd
+
+    from qscale.collect.store import RunStore
+
+    frames = []
+    for s in stores:
+        st = RunStore(s)
+        df = st.to_frame(status="ok", detail=True)
+        df["store"] = str(s)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["method"] == method]
+    if "eval_corpus" in df.columns:
+        first = df.groupby("model")["eval_corpus"].transform(lambda c: c.iloc[0])
+        df = df[df["eval_corpus"] == first]
+    return df.drop_duplicates(["model", "format"], keep="first")
+
+
+def raw_predictions(
+    df: Any, *, cache: str | Path, profile_dir: str | Path | None = None, log: Callable[[str], None] = print
+) -> Any:
+    """Add ``raw`` (the profile's uncalibrated KL) to every run of ``df``, computing profiles as needed;
+    results are cached in the JSON file ``cache`` keyed by model identity and format."""
+    import pandas as pd
+
+    from qscale.lm import load
+    from qscale.measure.sensitivity import cached_profile
+
+    cache = Path(cache)
+    store: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
+    rows = []
+    for model, g in df.groupby("model", sort=False):
+        need = [f for f in g["format"] if f not in store.get(model, {}).get("raw", {})]
+        if need:
+            lm = load(model)
+            t = time.perf_counter()
+            prof, _, computed = cached_profile(lm, cache_dir=profile_dir)
+            entry = store.setdefault(model, {"raw": {}, "seconds": {}})
+            entry.update(
+                identity=lm.facts.identity,
+                profile_seconds=prof.seconds,
+                profile_passes=prof.passes,
+                profile_tokens=prof.n_tokens,
+                n_params=lm.facts.n_params,
+            )
+            log(
+                f"{model}: profile {'computed' if computed else 'cached'} ({prof.seconds:.1f} s when computed)"
+            )
+            for item in format_terms(lm, prof, need):
+                entry["raw"][item["format"]] = item["raw"]
+                entry["seconds"][item["format"]] = item["seconds"]
+                entry.setdefault("top_layer", {})[item["format"]] = max(
+                    item["layers"].items(), key=lambda kv: kv[1]["kld"]
+                )[0]
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(store, indent=1, sort_keys=True))
+            del lm
+            _ = t
+        entry = store[model]
+        for _, r in g.iterrows():
+            rows.append(
+                {
+                    **r.to_dict(),
+                    "raw": entry["raw"].get(r["format"], float("nan")),
+                    "predict_s": entry["seconds"].get(r["format"], float("nan")),
+                    "profile_s": entry.get("profile_seconds", float("nan")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def population(model: str) -> str:
+    """Which calibration a model gets: ``"zoo"`` for qscale's own tiny models, ``"real"`` for everything else."""
+    return "zoo" if str(model).startswith("zoo:") else "real"
+
+
+def calibration_name(target: str, pop: str) -> str:
+    return target if pop == "real" else f"{target}-zoo"
+
+
+def validate(
+    stores: Sequence[str | Path],
+    *,
+    out_dir: str | Path = "reports",
+    models_dir: str | Path | None = None,
+    cache: str | Path = "data/profile_raw.json",
+    ship: bool = False,
+    alpha: float = 0.1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Leave-one-model-out validation of the profile law on the stores' RTN runs, per population (real models,
+    the tiny zoo) and target (kld, dnll), for each calibration form; the form with the lowest median held-out
+    error is chosen. With ``ship`` the chosen forms are fitted on all models of their population and saved to
+    ``models/profile-<target>[-zoo].json``. Writes ``<out_dir>/profile_validation.md`` (+ csv, figure)."""
+    import pandas as pd
+
+    from qscale.laws.profile import FORMS
+
+    df = raw_predictions(measured_runs(stores), cache=cache, log=log)
+    df["population"] = [population(m) for m in df["model"]]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = []
+    chosen: dict[tuple[str, str], str] = {}
+    for pop, g in df.groupby("population"):
+        for target in ("kld", "dnll"):
+            best = None
+            for form in FORMS:
+                sc = lomo_scores(g, target=target, alpha=alpha, form=form)
+                if sc.empty or "median_abs_ln_ratio" not in sc:
+                    continue
+                sc["population"], sc["target"] = pop, target
+                tables.append(sc)
+                err = float(sc["median_abs_ln_ratio"].median())
+                if best is None or err < best[1]:
+                    best = (form, err)
+            if best is None:
+                continue
+            chosen[(pop, target)] = best[0]
+            if ship:
+                try:
+                    cal = ProfileCalibration(target=target, alpha=alpha, form=best[0]).fit(g)
+                except LawError as err:
+                    log(f"not shipped ({pop}, {target}): {err}")
+                    continue
+                path = cal.save(calibration_path(calibration_name(target, pop), models_dir))
+                log(f"shipped {path} ({pop}, {target}, form {best[0]})")
+    scores = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    df.to_csv(out / "profile_validation_runs.csv", index=False)
+    scores.to_csv(out / "profile_validation_scores.csv", index=False)
+    _write_report(df, scores, chosen, out, alpha)
+    return {"runs": df, "scores": scores, "chosen": chosen}
+
+
+def _write_report(df: Any, scores: Any, chosen: dict, out: Path, alpha: float) -> None:
+    import numpy as np
+
+    lines = [
+        "# The profile law: predicted vs measured KL on models the calibration did not see",
+        "",
+        "Regenerate: `qscale profile validate --store data/runs_panel.sqlite --store data/runs.sqlite --ship`.",
+        "`raw` is the profile's uncalibrated second-order prediction 1/(2N) sum F_ij dW_ij^2 (diagonal Fisher from",
+        "2,048 calibration tokens of the enwiki train split with labels sampled from the model, RTN weight errors;",
+        "no quantized evaluation). Each model is held out in turn: the calibration (form `identity`: raw itself;",
+        "`offset`: ln(meas) = a + ln(raw); `line`: ln(meas) = a + b ln(raw)) is fitted on the other models of",
+        "its population (real models / the tiny zoo), and the held-out model's runs with measured KL in",
+        f"[1e-3, 3] are scored. Intervals: {1 - alpha:.0%}, split-conformal on the other models' leave-one-out",
+        "residuals. The form with the lowest median held-out error is the one shipped.",
+        "",
+    ]
+    if scores is not None and not scores.empty:
+        for (pop, target), g in scores.groupby(["population", "target"], sort=False):
+            form = chosen.get((pop, target))
+            lines += [f"## {pop} models, target `{target}` (chosen form: `{form}`)", "",
+                      "| held-out model | form | runs | Spearman | median abs ln(pred/meas) | coverage | median hi/lo |",
+                      "|---|---|---|---|---|---|---|"]
+            for _, r in g.sort_values(["form", "model"]).iterrows():
+                if isinstance(r.get("error"), str):
+                    lines.append(f"| {r['model']} | {r['form']} | | | ({r['error']}) | | |")
+                    continue
+                sp = "n/a (<3 runs)" if not np.isfinite(r["spearman"]) else f"{r['spearman']:.3f}"
+                lines.append(f"| {r['model']} | {r['form']} | {int(r['n'])} | {sp} | "
+                             f"{r['median_abs_ln_ratio']:.3f} | {r['coverage']:.2f} | {r['median_hi_lo']:.2f} |")
+            lines.append("")
+    lines += ["## Cost (seconds on the 2-core CPU, shared with the collection that measured the runs)", "",
+              "| model | profile s | prediction s / format | RTN quantize + exact-KL eval s / format | "
+              "(profile + 30 predictions) / (30 quantize + eval) |", "|---|---|---|---|---|"]
+    for model, g in df.groupby("model"):
+        q = (g["time_quantize_s"] + g["time_eval_s"]).mean() if "time_eval_s" in g else float("nan")
+        p = g["predict_s"].mean()
+        prof_s = g["profile_s"].iloc[0]
+        ratio = (prof_s + 30 * p) / (30 * q) if q and np.isfinite(q) else float("nan")
+        lines.append(f"| {model} | {prof_s:.1f} | {p:.2f} | {q:.1f} | {ratio:.3f} |")
+    lines += ["", "![predicted vs measured](profile_validation.png)", ""]
+    (out / "profile_validation.md").write_text("\n".join(lines))
+    try:
+        _plot(df[df["population"] == "real"], out, {p: f for (p, t), f in chosen.items() if t == "kld"}.get("real", "line"))
+    except Exception as err:  # a missing matplotlib backend must not lose the tables
+        (out / "profile_validation.md").write_text("\n".join(lines) + f"\n(figure not drawn: {err})\n")
+
+
+def _plot(df: Any, out: Path, form: str = "line") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(df["model"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models, strict=True):
+        others = df[df["model"] != m]
+        g = df[(df["model"] == m) & (df["kld"] > 0) & (df["raw"] > 0)]
+        try:
+            cal = ProfileCalibration(target="kld", form=form).fit(others)
+        except LawError:
+            ax.set_title(f"{m}\n(no calibration without it)")
+            continue
+        v, lo, hi = cal.interval(g["raw"].to_numpy(float))
+        ax.errorbar(
+            g["kld"], v, yerr=[v - lo, hi - v], fmt="o", ms=4, alpha=0.8, label="predicted (90% interval)"
+        )
+        span = [min(g["kld"].min(), v.min()) / 2, max(g["kld"].max(), v.max()) * 2]
+        ax.plot(span, span, "k--", lw=1, label="y = x")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured KL (nats/token)")
+        ax.set_ylabel("predicted KL (nats/token)")
+        ax.set_title(f"{m} (held out)", fontsize=9)
+        ax.legend(fontsize=7)
+        n_bad = int(((df["model"] == m) & ~((df["kld"] > 0) & (df["raw"] > 0))).sum())
+        if n_bad:
+            ax.text(0.02, 0.02, f"{n_bad} runs with KL <= 0 not drawn", transform=ax.transAxes, fontsize=7)
+        _ = np
+    fig.tight_layout()
+    fig.savefig(out / "profile_validation.png", dpi=110)
+    plt.close(fig)
+
+
+__all__ = [
+    "bits_per_weight",
+    "calibration_path",
+    "format_terms",
+    "load_calibration",
+    "measured_runs",
+    "predict_model",
+    "raw_predictions",
+    "validate",
+]
