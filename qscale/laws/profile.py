@@ -32,7 +32,11 @@ import pandas as pd
 from qscale.laws.estimators import LawError, _conformal_q
 
 FIT_RANGE = (1e-4, 10.0)
-FORMS = ("identity", "offset", "line")  # measured KL (nats/token) used for the line; outside it KL is noise or saturated
+FORMS = (
+    "identity",
+    "offset",
+    "line",
+)  # measured KL (nats/token) used for the line; outside it KL is noise or saturated
 TARGETS = ("kld", "dnll")
 
 

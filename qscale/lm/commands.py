@@ -151,8 +151,9 @@ def panel_list_command(
 @panel_app.command("grid")
 def panel_grid_command(
     model: str = typer.Argument(..., help="panel:NAME, an HF directory or a .gguf file."),
-    formats: str = typer.Option("int4-g32-asym,int4-g32,int5-g32,int8-pc", "--formats", "-f",
-                                help="Comma list or a format set."),
+    formats: str = typer.Option(
+        "int4-g32-asym,int4-g32,int5-g32,int8-pc", "--formats", "-f", help="Comma list or a format set."
+    ),
     max_layers: int = typer.Option(8, "--max-layers", min=1, help="Check the first N linear layers."),
 ) -> None:
     """Which formats reproduce the low-bit grid the weights already sit on (re-quantizing is then lossless)."""

@@ -79,9 +79,15 @@ def eval_cmd(
     from qscale.lm import load
 
     lm = load(model, dtype=torch_dtype, device=device)
-    ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(lm.model.config, "n_positions", None)
+    ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
+        lm.model.config, "n_positions", None
+    )
     if ctx and seq_len > ctx:
-        typer.secho(f"--seq-len {seq_len} is longer than the model's context ({ctx}); using {ctx}", fg="yellow", err=True)
+        typer.secho(
+            f"--seq-len {seq_len} is longer than the model's context ({ctx}); using {ctx}",
+            fg="yellow",
+            err=True,
+        )
         seq_len = int(ctx)
     try:
         windows = get_windows(

@@ -172,8 +172,15 @@ def predict_model(
         "model": lm.name,
         "identity": lm.facts.identity,
         "law": "profile",
-        "calibration": {"population": pop, "form": cal.form, "models": cal.models_, "n_runs": cal.n_runs_,
-                        "a": cal.a_, "b": cal.b_, "q": cal.q_},
+        "calibration": {
+            "population": pop,
+            "form": cal.form,
+            "models": cal.models_,
+            "n_runs": cal.n_runs_,
+            "a": cal.a_,
+            "b": cal.b_,
+            "q": cal.q_,
+        },
         "profile": {
             "path": str(path),
             "computed": computed,
@@ -346,20 +353,29 @@ def _write_report(df: Any, scores: Any, chosen: dict, out: Path, alpha: float) -
     if scores is not None and not scores.empty:
         for (pop, target), g in scores.groupby(["population", "target"], sort=False):
             form = chosen.get((pop, target))
-            lines += [f"## {pop} models, target `{target}` (chosen form: `{form}`)", "",
-                      "| held-out model | form | runs | Spearman | median abs ln(pred/meas) | coverage | median hi/lo |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                f"## {pop} models, target `{target}` (chosen form: `{form}`)",
+                "",
+                "| held-out model | form | runs | Spearman | median abs ln(pred/meas) | coverage | median hi/lo |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for _, r in g.sort_values(["form", "model"]).iterrows():
                 if isinstance(r.get("error"), str):
                     lines.append(f"| {r['model']} | {r['form']} | | | ({r['error']}) | | |")
                     continue
                 sp = "n/a (<3 runs)" if not np.isfinite(r["spearman"]) else f"{r['spearman']:.3f}"
-                lines.append(f"| {r['model']} | {r['form']} | {int(r['n'])} | {sp} | "
-                             f"{r['median_abs_ln_ratio']:.3f} | {r['coverage']:.2f} | {r['median_hi_lo']:.2f} |")
+                lines.append(
+                    f"| {r['model']} | {r['form']} | {int(r['n'])} | {sp} | "
+                    f"{r['median_abs_ln_ratio']:.3f} | {r['coverage']:.2f} | {r['median_hi_lo']:.2f} |"
+                )
             lines.append("")
-    lines += ["## Cost (seconds on the 2-core CPU, shared with the collection that measured the runs)", "",
-              "| model | profile s | prediction s / format | RTN quantize + exact-KL eval s / format | "
-              "(profile + 30 predictions) / (30 quantize + eval) |", "|---|---|---|---|---|"]
+    lines += [
+        "## Cost (seconds on the 2-core CPU, shared with the collection that measured the runs)",
+        "",
+        "| model | profile s | prediction s / format | RTN quantize + exact-KL eval s / format | "
+        "(profile + 30 predictions) / (30 quantize + eval) |",
+        "|---|---|---|---|---|",
+    ]
     for model, g in df.groupby("model"):
         q = (g["time_quantize_s"] + g["time_eval_s"]).mean() if "time_eval_s" in g else float("nan")
         p = g["predict_s"].mean()
@@ -369,7 +385,11 @@ def _write_report(df: Any, scores: Any, chosen: dict, out: Path, alpha: float) -
     lines += ["", "![predicted vs measured](profile_validation.png)", ""]
     (out / "profile_validation.md").write_text("\n".join(lines))
     try:
-        _plot(df[df["population"] == "real"], out, {p: f for (p, t), f in chosen.items() if t == "kld"}.get("real", "line"))
+        _plot(
+            df[df["population"] == "real"],
+            out,
+            {p: f for (p, t), f in chosen.items() if t == "kld"}.get("real", "line"),
+        )
     except Exception as err:  # a missing matplotlib backend must not lose the tables
         (out / "profile_validation.md").write_text("\n".join(lines) + f"\n(figure not drawn: {err})\n")
 
