@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import typer
@@ -58,27 +59,59 @@ def collect_cmd(
         _fail(str(err))
     runs = plan(spec, limit=limit)
     if dry_run:
-        _print_plan(spec, runs, store)
+        from qscale.collect.store import StoreError
+
+        try:
+            _print_plan(spec, runs, store)
+        except StoreError as err:
+            _fail(str(err))
         return
     _quiet_transformers()
-    from qscale.collect.store import RunStore
+    from qscale.collect.store import RunStore, StoreError
 
-    with RunStore(store) as st:
-        result = collect(
-            spec, st, backend=backend, address=address, retry_failed=retry_failed, limit=limit, device=device,
-            progress=progress,
-        )  # fmt: skip
-        counts = st.counts()
+    try:
+        with RunStore(store) as st:
+            result = collect(
+                spec, st, backend=backend, address=address, retry_failed=retry_failed, limit=limit,
+                device=device, progress=progress,
+            )  # fmt: skip
+            counts = st.counts()
+    except StoreError as err:
+        _fail(str(err))
+    except (sqlite3.Error, OSError) as err:  # disk full, read-only file system, ...: one line, no traceback
+        _fail(f"run store {store}: {type(err).__name__}: {err} (finished runs are kept; rerun to continue)")
     typer.echo(
         f"{spec.name}: {result.n_planned} planned, {result.n_ok} measured ok, {result.n_error} failed, "
         f"{result.n_skipped} already in store; {result.seconds:.1f} s ({result.runs_per_min:.1f} runs/min)"
     )
+    if result.n_leased:
+        typer.echo(
+            f"{result.n_leased} run(s) skipped: another qscale collect on {store} is measuring them (leased)"
+        )
+    if result.n_refilled:
+        typer.echo(
+            f"{result.n_refilled} finished run(s) lacked requested features "
+            f"({', '.join(spec.features)}) and were measured again with them"
+        )
     typer.echo(f"store {store}: {counts.get('ok', 0)} ok, {counts.get('error', 0)} error runs")
     for failure in result.failures:
         typer.secho(f"model task failed: {failure}", fg=typer.colors.RED, err=True)
     if result.stopped:
         typer.echo("stopped early: run the same command again to continue")
         raise typer.Exit(130)
+    if result.n_error or result.failures:
+        parts = []
+        if result.n_error:
+            parts.append(f"{result.n_error} run(s) failed")
+        if result.failures:
+            parts.append(f"{len(result.failures)} model task(s) failed")
+        typer.secho(
+            f"{' and '.join(parts)}: see `qscale runs list --status error --store {store}`; "
+            "rerun with --retry-failed to measure them again",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def _print_plan(spec, runs, store: Path) -> None:
@@ -89,7 +122,7 @@ def _print_plan(spec, runs, store: Path) -> None:
     known_done = 0
     if store.exists():
         with RunStore(store) as st:
-            skip = skip_keys(st, retry_failed=False)
+            skip = skip_keys(st, retry_failed=False, features=spec.features)
             for ref, model_runs in group_by_model(runs).items():
                 pending = _cached_pending(st, ref, model_runs, skip)
                 if pending is not None:
@@ -125,6 +158,8 @@ def runs_list(
             counts = st.counts()
     except StoreError as err:
         _fail(str(err))
+    except (sqlite3.Error, OSError) as err:  # disk full, read-only file system, ...: one line, no traceback
+        _fail(f"run store {store}: {type(err).__name__}: {err} (finished runs are kept; rerun to continue)")
     table = Table(title=f"{store}: {counts.get('ok', 0)} ok, {counts.get('error', 0)} error")
     for col in ("key", "model", "format", "method", "status", "nll", "dnll", "kld"):
         table.add_column(col, justify="right" if col in ("nll", "dnll", "kld") else "left")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,10 @@ class CollectResult:
     seconds: float
     load_seconds: float
     failures: tuple[str, ...] = ()
+    #: finished runs measured again because they lacked features the spec asks for
+    n_refilled: int = 0
+    #: runs skipped because another live `qscale collect` on the same store holds them (counted in n_skipped)
+    n_leased: int = 0
 
     @property
     def runs_per_min(self) -> float:
@@ -87,9 +91,73 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def skip_keys(store: RunStore, retry_failed: bool) -> frozenset[str]:
-    """Keys not to measure again: every "ok" run, and every "error" run unless ``retry_failed``."""
-    return frozenset(store.keys("ok") | (set() if retry_failed else store.keys("error")))
+def skip_keys(store: RunStore, retry_failed: bool, features: Sequence[str] = ()) -> frozenset[str]:
+    """Keys not to measure again: every "ok" run, and every "error" run unless ``retry_failed``.
+
+    Features are not part of the run key (adding one would re-key every stored run), so an "ok" run that
+    lacks any of ``features`` is *not* skipped: it is measured again with them (see :func:`lacking_features`).
+    """
+    ok = store.keys("ok")
+    stale = lacking_features(store, features)
+    return frozenset((ok - stale) | (set() if retry_failed else store.keys("error")))
+
+
+class _Claims:
+    """``skip_keys`` for :func:`collect_model` that also claims runs in the store (a lease row).
+
+    ``key in claims`` is True (skip) for a run in the static ``skip`` set, a run another collection finished
+    meanwhile, or one a live other collection holds; otherwise the run is claimed and False is returned.
+    """
+
+    def __init__(
+        self, store: RunStore, skip: frozenset[str], retry_failed: bool, refill: Collection[str] = frozenset()
+    ):
+        import os
+        import uuid
+
+        self.store, self.skip = store, skip
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.done = ("ok",) if retry_failed else ("ok", "error")
+        self.n_leased = 0
+        self.refill = refill  # "ok" runs measured again for missing features: their ok row is not "done"
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.skip:
+            return True
+        state = self.store.claim(str(key), self.owner, () if key in self.refill else self.done)
+        if state == "leased":
+            self.n_leased += 1
+        return state != "claimed"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.skip)
+
+    def __len__(self) -> int:
+        return len(self.skip)
+
+
+def _feature_present(name: str, columns: set[str], names: Sequence[str]) -> bool:
+    """Whether feature ``name`` left a column: ``name`` itself or ``name_*`` (not a longer feature's)."""
+    if name in columns:
+        return True
+    longer = [g for g in names if g != name and g.startswith(name + "_")]
+    return any(
+        c.startswith(name + "_") and not any(c == g or c.startswith(g + "_") for g in longer) for c in columns
+    )
+
+
+def lacking_features(store: RunStore, features: Sequence[str]) -> set[str]:
+    """Keys of "ok" runs whose stored features lack at least one of ``features``."""
+    if not features:
+        return set()
+    from qscale.collect.features import list_features
+
+    names = [f.name for f in list_features()]
+    return {
+        key
+        for key, cols in store.ok_feature_columns().items()
+        if not all(_feature_present(f, cols, names) for f in features)
+    }
 
 
 def _cached_pending(
@@ -177,9 +245,10 @@ def collect(
         raise CollectError(f"unknown backend {backend!r}{hint}; valid backends: {', '.join(BACKENDS)}")
     runs = plan(spec, limit=limit)
     groups = group_by_model(runs)
-    skip = skip_keys(store, retry_failed)
+    skip = skip_keys(store, retry_failed, spec.features)
+    stale = lacking_features(store, spec.features)
     t0 = time.perf_counter()
-    counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0, "refilled": 0}
     failures: list[str] = []
     feature_calib = spec.calibrations[0] if spec.calibrations else None
 
@@ -199,9 +268,16 @@ def collect(
             for _ in range(len(groups) - len(todo)):
                 bar.model()
 
+        claims = _Claims(store, skip, retry_failed, stale) if backend == "local" else None
+
         def on_row(row: dict[str, Any]) -> None:
             store.put(row)
             counts[row["status"]] += 1
+            if row["run_key"] in stale:
+                counts["refilled"] += 1
+            if claims is not None:
+                store.release(claims.owner, row["run_key"])
+                store.heartbeat(claims.owner)
             bar.run(1, note=f"{row['model']} {row['format']}")
 
         def on_summary(summary: dict[str, Any], n_runs: int) -> None:
@@ -221,21 +297,25 @@ def collect(
             from qscale.collect.provenance import provenance
 
             prov = provenance(dev)
-            for ref, model_runs in todo.items():
-                if flag():
-                    break
-                summary = collect_model(
-                    ref,
-                    model_runs,
-                    spec.features,
-                    skip_keys=skip,
-                    on_row=on_row,
-                    should_stop=flag,
-                    device=dev,
-                    provenance=prov,
-                    feature_calibration=feature_calib,
-                )
-                on_summary(summary, len(model_runs))
+            assert claims is not None
+            try:
+                for ref, model_runs in todo.items():
+                    if flag():
+                        break
+                    summary = collect_model(
+                        ref,
+                        model_runs,
+                        spec.features,
+                        skip_keys=claims,
+                        on_row=on_row,
+                        should_stop=flag,
+                        device=dev,
+                        provenance=prov,
+                        feature_calibration=feature_calib,
+                    )
+                    on_summary(summary, len(model_runs))
+            finally:
+                store.release(claims.owner)
         else:
             from qscale.collect.ray_backend import collect_ray
 
@@ -266,4 +346,6 @@ def collect(
         seconds=time.perf_counter() - t0,
         load_seconds=counts["load_s"],
         failures=tuple(failures),
+        n_refilled=counts["refilled"],
+        n_leased=0 if claims is None else claims.n_leased,
     )

@@ -156,15 +156,48 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
+#: A sweep spec is a few kilobytes; anything larger than this is refused before it is parsed.
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without anchors or aliases (no alias bomb can expand; specs never need them)."""
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise SpecError(
+                    [
+                        f"YAML aliases (*{event.anchor}) are not allowed in a sweep spec (line {event.start_mark.line + 1})"
+                    ]
+                )
+            event = self.peek_event()
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                raise SpecError(
+                    [
+                        f"YAML anchors (&{anchor}) are not allowed in a sweep spec (line {event.start_mark.line + 1})"
+                    ]
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_file(path: Path) -> Any:
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            [f"spec file {path} is {size} bytes; a sweep spec may be at most {MAX_SPEC_BYTES} bytes"]
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".toml":
         import tomllib
 
         return tomllib.loads(text)
-    import yaml
-
-    return yaml.safe_load(text)
+    return _safe_yaml(text)
 
 
 def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
@@ -174,6 +207,8 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         raise SpecError([f"spec file not found: {p}"])
     try:
         raw = _read_file(p)
+    except SpecError as err:
+        raise SpecError(err.errors, str(p)) from None
     except Exception as err:  # yaml/toml syntax errors
         raise SpecError([f"cannot parse {p.name}: {err}"], str(p)) from None
     return parse_spec(raw, source=str(p))

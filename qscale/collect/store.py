@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -151,15 +153,22 @@ class RunStore:
 
     def __init__(self, path: str | Path = DEFAULT_STORE, *, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         if readonly and not self.path.exists():
             raise StoreError(
                 f"no run store at {self.path}; collect runs first (qscale collect SPEC --store ...)"
             )
+        _check_foreign(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
+        try:
+            _check_schema(self._conn, self.path)
+        except BaseException:
+            self._conn.close()
+            raise
         self._conn.execute("PRAGMA busy_timeout = 60000")
         mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # e.g. a file on a filesystem without shared memory
@@ -218,6 +227,13 @@ class RunStore:
                     )
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](conn)
+            # run leases (two `qscale collect` on one store): an extra table, not a schema bump, so older
+            # qscale versions still open the store; readers (runs list, fit) do not add it
+            if not self.readonly:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS run_leases (run_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+                    "host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL)"
+                )
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
@@ -255,6 +271,48 @@ class RunStore:
             )
             return cur.rowcount > 0
 
+    # ---- leases ----------------------------------------------------------------------------------------
+    def claim(self, run_key: str, owner: str, done_statuses: Iterable[str] = ("ok",)) -> str:
+        """Claim a run before measuring it: ``"claimed"``, ``"done"`` (a row with one of ``done_statuses``
+        exists) or ``"leased"`` (a live other collection holds it). A lease is stale, and taken over, when
+        its process is gone (same host) or its heartbeat is older than :data:`LEASE_TTL_S`."""
+        done = tuple(done_statuses)
+        with self._write() as conn:
+            if done:
+                marks = ", ".join("?" for _ in done)
+                r = conn.execute(
+                    f"SELECT 1 FROM runs WHERE run_key = ? AND status IN ({marks})", (run_key, *done)
+                ).fetchone()
+                if r is not None:
+                    return "done"
+            lease = conn.execute(
+                "SELECT owner, host, pid, heartbeat FROM run_leases WHERE run_key = ?", (run_key,)
+            ).fetchone()
+            if lease is not None and lease["owner"] != owner and _lease_live(lease):
+                return "leased"
+            conn.execute(
+                "INSERT OR REPLACE INTO run_leases (run_key, owner, host, pid, heartbeat) VALUES (?, ?, ?, ?, ?)",
+                (run_key, owner, _HOST, os.getpid(), time.time()),
+            )
+            return "claimed"
+
+    def heartbeat(self, owner: str) -> None:
+        """Renew every lease of ``owner``."""
+        with self._write() as conn:
+            conn.execute("UPDATE run_leases SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+
+    def release(self, owner: str, run_key: str | None = None) -> None:
+        """Drop ``owner``'s lease on ``run_key`` (all of its leases when None)."""
+        with self._write() as conn:
+            if run_key is None:
+                conn.execute("DELETE FROM run_leases WHERE owner = ?", (owner,))
+            else:
+                conn.execute("DELETE FROM run_leases WHERE owner = ? AND run_key = ?", (owner, run_key))
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Current lease rows (live or stale)."""
+        return [dict(r) for r in self._conn.execute("SELECT * FROM run_leases ORDER BY run_key")]
+
     def remember_model(self, model_ref: str, signature: str, identity: str, facts: Mapping[str, Any]) -> None:
         """Cache a model's identity and facts under its reference and file signature."""
         with self._write() as conn:
@@ -289,6 +347,14 @@ class RunStore:
             raise StoreError(f"status must be one of {STATUSES}, got {status!r}")
         q = "SELECT run_key FROM runs" + (" WHERE status = ?" if status else "")
         return {r[0] for r in self._conn.execute(q, (status,) if status else ())}
+
+    def ok_feature_columns(self) -> dict[str, set[str]]:
+        """``{run_key: feature columns stored}`` for every "ok" run."""
+        out: dict[str, set[str]] = {}
+        for r in self._conn.execute("SELECT run_key, features FROM runs WHERE status = 'ok'"):
+            feats = _loads(r[1])
+            out[r[0]] = set(feats) if isinstance(feats, dict) else set()
+        return out
 
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
@@ -359,6 +425,65 @@ class RunStore:
         else:
             frame.to_csv(out, index=False)
         return out
+
+
+#: A lease whose heartbeat is older than this is stale (a collection on another host that died).
+LEASE_TTL_S = 2 * 3600.0
+_HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lease_live(lease: Mapping[str, Any]) -> bool:
+    if time.time() - float(lease["heartbeat"]) > LEASE_TTL_S:
+        return False
+    return not (lease["host"] == _HOST and not _pid_alive(int(lease["pid"])))
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Tables a qscale store may hold (any version); a file with tables but none of these is someone else's.
+QSCALE_TABLES = frozenset({"runs", "schema_version", "model_cache", "run_leases"})
+
+
+def _check_foreign(path: Path) -> None:
+    """Refuse an existing non-empty file that is not SQLite, before SQLite touches it."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a run store (SQLite file)")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise StoreError(f"cannot read the run store {path}: {err.strerror or err}") from None
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(f"{path} is not a SQLite file: refusing to use it as a run store")
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a SQLite file that has tables but none of qscale's (nothing is written before this check)."""
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise StoreError(
+            f"{path} is not a usable SQLite file ({err}): refusing to use it as a run store"
+        ) from None
+    if tables and not (tables & QSCALE_TABLES):
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(
+            f"{path} is a SQLite file of something else (tables: {shown}), not a qscale run store: refusing to "
+            "add qscale tables to it"
+        )
 
 
 def _read_version(conn: sqlite3.Connection) -> int:

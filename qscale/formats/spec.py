@@ -330,6 +330,23 @@ def format_set(name: str) -> tuple[Format, ...]:
     return tuple(get_format(s) for s in specs)
 
 
+def _split_outside_brackets(text: str) -> list[str]:
+    """Split on commas that are not inside ``[...]`` (``"int4,lut[-1,0,1]-g32"`` -> two parts)."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
 def expand_formats(value: str | Iterable[str]) -> list[str]:
     """Canonical specs, in order and without repeats, from a named set (``all-4bit``), one spec, a
     comma-separated list (``"int4,nf4"``) or an iterable of any of these.
@@ -340,7 +357,7 @@ def expand_formats(value: str | Iterable[str]) -> list[str]:
     items = [value] if isinstance(value, str) else list(value)
     out: list[str] = []
     for item in items:
-        for part in (p.strip() for p in item.split(",")):
+        for part in (p.strip() for p in _split_outside_brackets(item)):
             if not part:
                 continue
             key = part.lower().replace("_", "-")

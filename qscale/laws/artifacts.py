@@ -136,17 +136,77 @@ def save_law(law: Law, directory: str | Path) -> Path:
     est = law.estimator
     if not hasattr(est, "features_"):
         raise LawError("cannot save an unfitted law")
-    (d / "manifest.json").write_text(json.dumps(manifest_of(law), indent=2, sort_keys=False) + "\n")
     (d / "params.json").write_text(json.dumps(_jsonable(est.get_state()), indent=1) + "\n")
     skops_path = d / "model.skops"
+    files = ["params.json"]
     if est.storage == "skops":
         import skops.io as sio
 
         sio.dump(est.model_, skops_path)
+        files.append("model.skops")
     elif skops_path.exists():
         skops_path.unlink()
+    manifest = manifest_of(law)
+    manifest["files"] = {f: _sha256_file(d / f) for f in files}
+    # the manifest goes last: a half-written artifact has no (or an old) manifest and fails verification
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     law.path = d
     return d
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_law(name_or_path: str | Path, models_dir: str | Path | None = None) -> str:
+    """Check an artifact's files against the sha256 hashes in its manifest.
+
+    Returns ``"verified"`` or ``"unverified"`` (an older artifact whose manifest has no hashes: still
+    loadable); raises :class:`LawError` naming the file when the manifest is unreadable, a file is missing
+    or a hash does not match.
+    """
+    d = resolve_law_dir(name_or_path, models_dir)
+    manifest = _read_manifest(d)
+    files = manifest.get("files")
+    if files is None:
+        return "unverified"
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise LawError(f"{d.name}: manifest 'files' is not a mapping of file name to sha256")
+    for fname, digest in files.items():
+        path = d / fname
+        if Path(fname).name != fname or not path.is_file():
+            raise LawError(f"{d.name}: {fname} is missing")
+        if _sha256_file(path) != digest:
+            raise LawError(f"{d.name}: {fname} does not match its sha256 in manifest.json (corrupt artifact)")
+    return "verified"
+
+
+def _read_manifest(d: Path) -> dict:
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LawError(f"{d.name}: manifest.json is unreadable ({type(err).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise LawError(f"{d.name}: manifest.json is not a JSON object")
+    return manifest
+
+
+def check_laws(models_dir: str | Path | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(loadable law names, [(name, reason)] for the bad ones)``: every law is verified and loaded."""
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for name in list_laws(models_dir):
+        try:
+            load_law(name, models_dir)
+        except LawError as err:
+            bad.append((name, str(err)))
+        else:
+            good.append(name)
+    return good, bad
 
 
 def resolve_law_dir(name_or_path: str | Path, models_dir: str | Path | None = None) -> Path:
@@ -192,7 +252,17 @@ def _load_skops(path: Path, expected: str):
 def load_law(name_or_path: str | Path, models_dir: str | Path | None = None) -> Law:
     """Load an artifact by name (under ``models/``) or directory. Never executes code from the files."""
     d = resolve_law_dir(name_or_path, models_dir)
-    manifest = json.loads((d / "manifest.json").read_text())
+    verify_law(d)
+    try:
+        return _load_verified(d)
+    except LawError:
+        raise
+    except Exception as err:  # a truncated/garbled file of an unverified artifact
+        raise LawError(f"{d.name}: corrupt artifact ({type(err).__name__}: {err})") from None
+
+
+def _load_verified(d: Path) -> Law:
+    manifest = _read_manifest(d)
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise LawError(f"{d}: schema_version {manifest.get('schema_version')} != {SCHEMA_VERSION}")
     est_name = manifest.get("estimator")

@@ -6,6 +6,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from qscale.laws.artifacts import MODELS_DIR, Law, data_hash, save_law
@@ -35,9 +36,13 @@ def load_runs(path: str | Path) -> pd.DataFrame:
         return pd.read_parquet(p)
     if p.suffix == ".csv":
         return pd.read_csv(p)
-    from qscale.collect.store import RunStore
+    from qscale.collect.store import RunStore, StoreError
 
-    return RunStore(p).to_frame()
+    try:
+        with RunStore(p, readonly=True) as store:
+            return store.to_frame()
+    except StoreError as err:
+        raise LawError(str(err)) from None
 
 
 def load_fit_data(
@@ -55,9 +60,21 @@ def load_fit_data(
         src = Path(public_csv) if public_csv else DEFAULT_PUBLIC_CSV
         data = FitData("public", public_fit_frame(src), str(src), target)
     else:
-        frame = zoo_table(load_runs(runs))
+        raw = load_runs(runs)
+        tgt = target or "dnll"
+        n_ok = len(raw) if "status" not in raw.columns else int((raw["status"].astype(str) == "ok").sum())
+        if n_ok == 0:
+            raise LawError(
+                f"{runs}: no finished runs to fit {tgt} on; collect some first (qscale collect SPEC --store {runs})"
+            )
+        frame = zoo_table(raw)
         if frame.empty:
-            raise LawError(f"{runs}: no finished runs with a finite dnll")
+            raise LawError(
+                f"{runs}: no finished runs with a finite dnll"
+                + (f" (needed for every fit, including --target {tgt})" if tgt != "dnll" else "")
+            )
+        if tgt in frame.columns and not np.isfinite(pd.to_numeric(frame[tgt], errors="coerce")).any():
+            raise LawError(f"{runs}: no finished runs with a finite {tgt}")
         data = FitData("zoo", frame, str(runs), target)
     if target is not None and target not in data.frame.columns:
         raise LawError(f"target '{target}' is not a column of the {data.kind} data")

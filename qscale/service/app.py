@@ -3,7 +3,8 @@
 Endpoints (all JSON unless noted)::
 
     GET  /                  the web page (static/index.html; its script and style are static/app.js, app.css)
-    GET  /api/health        {"status": "ok", "version": ..., "laws": n, "models": {...}}
+    GET  /api/health        {"status": "ok" | "degraded", "version": ..., "laws": n, "bad_laws": [{name, reason}],
+                            "models": {...}}  (degraded: an artifact failed its hash check or load)
     GET  /api/laws          the manifests of the laws the service can use
     GET  /api/laws/{name}   one manifest
     GET  /api/formats       the format catalogue (spec, family, element bits, bits/element)
@@ -128,6 +129,7 @@ def create_app(
     loopback, ``bind`` or one of ``allowed_hosts`` (``"*"`` allows any).
     """
     from qscale.laws import artifacts
+    from qscale.laws.estimators import LawError
 
     roots = ModelRoots(model_dirs, zoo_root=zoo_root, panel_root=panel_root)
     pool = ModelPool(size=model_cache)
@@ -177,8 +179,26 @@ def create_app(
                     raise HTTPException(
                         400, f"unknown law {shown!r}{hint}; available laws: {', '.join(known) or '(none)'}"
                     )
-                cache[name] = artifacts.load_law(name, models_dir)
+                try:
+                    cache[name] = artifacts.load_law(name, models_dir)
+                except LawError as err:  # a corrupt artifact: this law only, named, never a 500
+                    raise HTTPException(400, f"law {name!r} cannot be used: {_law_reason(err)}") from None
             return cache[name]
+
+    def _law_reason(err: Exception) -> str:
+        return str(err).replace(str(artifacts.MODELS_DIR if models_dir is None else models_dir), "models")
+
+    def law_status() -> tuple[list[str], list[dict[str, str]]]:
+        good: list[str] = []
+        bad: list[dict[str, str]] = []
+        for n in artifacts.list_laws(models_dir):
+            try:
+                get_law(n)
+            except HTTPException as err:
+                bad.append({"name": n, "reason": str(err.detail)})
+            else:
+                good.append(n)
+        return good, bad
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -194,16 +214,19 @@ def create_app(
 
     @app.get("/api/health", responses=HOST_ERROR)
     def health() -> dict[str, Any]:
+        good, bad = law_status()
         return {
-            "status": "ok",
+            "status": "degraded" if bad else "ok",
             "version": __version__,
-            "laws": len(artifacts.list_laws(models_dir)),
+            "laws": len(good),
+            "bad_laws": bad,
             "models": {"cached": len(pool), "pending": queue.pending, "capacity": queue.capacity},
         }
 
     @app.get("/api/laws", responses=HOST_ERROR)
     def laws() -> list[dict[str, Any]]:
-        return [_jsonable(artifacts.manifest_of(get_law(n))) for n in artifacts.list_laws(models_dir)]
+        good, _bad = law_status()  # a corrupt artifact is left out (and reported by /api/health)
+        return [_jsonable(artifacts.manifest_of(get_law(n))) for n in good]
 
     @app.get("/api/laws/{name}", responses=ERRORS)
     def law(name: str) -> dict[str, Any]:

@@ -75,6 +75,15 @@ def test_tampered_skops_with_untrusted_type_is_refused(tmp_path):
     with zipfile.ZipFile(src, "w") as z:
         for n, b in entries.items():
             z.writestr(n, b)
+    # the manifest's sha256 catches the edit first ...
+    with pytest.raises(LawError, match="model.skops does not match its sha256"):
+        load_law(d)
+    # ... and an attacker who also rewrites the hash still meets the trusted-types check
+    import hashlib
+
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["model.skops"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(LawError, match=r"untrusted types \['os.system'\]"):
         load_law(d)
 

@@ -170,7 +170,7 @@ def test_serve_options(tmp_path):
     from qscale.cli import app
 
     r = CliRunner().invoke(app, ["serve", "--model-dir", str(tmp_path / "nope")])
-    assert r.exit_code != 0 and "not a directory" in r.output
+    assert r.exit_code != 0 and "not a directory" in " ".join(r.output.replace("│", " ").split())
     r = CliRunner().invoke(app, ["serve", "--max-concurrent", "0"])
     assert r.exit_code != 0
     r = CliRunner().invoke(app, ["serve", "--help"])

@@ -65,8 +65,8 @@ async function submit(ev) {
   const body = { law: $('law').value };
   if ($('model').value) body.model = $('model').value;
   const fs = $('formats').value.trim();
-  if (fs.includes(',')) body.formats = fs.split(',').map((s) => s.trim()).filter((s) => s);
-  else if (fs) body.formats = fs;
+  // sent as typed: the server splits on commas outside brackets, so lut[-1,0,1]-g32 stays one format
+  if (fs) body.formats = fs;
   if ($('budget').value) body.budget = parseFloat($('budget').value);
   if ($('inputs').value) {
     try { body.inputs = JSON.parse($('inputs').value); } catch (e) { show(errorBox([`inputs: not JSON (${e.message})`])); return; }
