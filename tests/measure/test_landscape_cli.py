@@ -74,7 +74,7 @@ def test_landscape_json_matches_library(ckpt):
 
 def test_landscape_bad_format_and_outliers_table(ckpt):
     runner = CliRunner()
-    res = runner.invoke(_app(), ["landscape", "--model", str(ckpt), "--format", "int4-g1288"])
+    res = runner.invoke(_app(), ["landscape", "--model", str(ckpt), "--format", "int4-g0"])
     assert res.exit_code != 0
     res = runner.invoke(_app(), ["landscape", "--model", str(ckpt), "--group-by", "blok"])
     assert res.exit_code != 0 and "block" in res.output

@@ -15,8 +15,8 @@ int4-pc     0.0110  0.0049       0.0079
 int3-pc     0.0474  0.0222       0.0244
 ==========  ======  ===========  ================
 
-So GPTQ beats RTN everywhere, and random-token calibration is worse than text at 3 bits but not at int4-g32, where
-the differences are at the level of a few thousandths of a nat; the test asserts only the 3-bit comparison.
+So GPTQ beats RTN everywhere; random-token vs text calibration differs by a few thousandths of a nat and its
+order changes with the trained weights (see the test), so the test asserts only GPTQ < RTN.
 """
 
 from __future__ import annotations
@@ -94,8 +94,11 @@ def test_gptq_dnll_below_rtn_at_3_and_4_bits_and_calibration_sets(trained):
     for spec, row in res.items():
         assert row["rtn"] > 0, (spec, row)
         assert row["text"] < row["rtn"], (spec, row)
-    # random-token calibration is worse than real text at 3 bits (measured; not asserted at 4 bits, see docstring)
+    # Random-token vs text calibration is not asserted: the order is not stable on this tiny model. With
+    # transformers 5.24 (other trained weights than the table above, which was measured in an earlier
+    # environment) random beat text at 3 bits: int3 0.0217 vs 0.0246, int3-g32 0.0123 vs 0.0150. Paglieri et
+    # al. (2024) also find the calibration set matters little. What holds either way: GPTQ with random tokens still beats RTN at 3 bits.
     for spec in ("int3-g32", "int3"):
-        assert res[spec]["random"] > res[spec]["text"], (spec, res[spec])
+        assert res[spec]["random"] < res[spec]["rtn"], (spec, res[spec])
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
