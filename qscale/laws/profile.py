@@ -55,6 +55,7 @@ class ProfileCalibration:
     models_: list[str] = field(default_factory=list)
     n_runs_: int = 0
     raw_range_: tuple[float, float] = (float("nan"), float("nan"))
+    lomo_: bool = True  # False: fitted on one model, interval from in-sample residuals
 
     def _rows(self, df: pd.DataFrame) -> pd.DataFrame:
         need = {"model", "raw", self.target}
@@ -66,8 +67,15 @@ class ProfileCalibration:
         d = d[np.isfinite(d["raw"]) & np.isfinite(d[self.target])]
         return d
 
-    @staticmethod
-    def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    def _line(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        if self.form not in FORMS:
+            raise LawError(f"unknown calibration form {self.form!r}; valid: {', '.join(FORMS)}")
+        if self.form == "identity":
+            return 0.0, 1.0
+        if x.size < 1:
+            raise LawError("no runs to fit the calibration on")
+        if self.form == "offset":
+            return float(np.mean(y - x)), 1.0
         if x.size < 2 or np.ptp(x) == 0:
             raise LawError(
                 f"need at least 2 runs with distinct raw predictions to fit the line, got {x.size}"
@@ -76,18 +84,23 @@ class ProfileCalibration:
         return float(a), float(b)
 
     def fit(self, df: pd.DataFrame) -> ProfileCalibration:
+        """Fit on ``df`` (columns model, raw, target). With one model only, the interval comes from its in-sample
+        residuals (``lomo_`` False): there is no other model to hold out."""
         d = self._rows(df)
         x, y = np.log(d["raw"].to_numpy(float)), np.log(d[self.target].to_numpy(float))
         self.a_, self.b_ = self._line(x, y)
         models = sorted(d["model"].unique())
-        if len(models) < 2 and self.form != "identity":
-            raise LawError(f"leave-one-model-out needs runs of at least 2 models, got {models}")
         resid: list[float] = []
-        for m in models:
-            tr, te = d[d["model"] != m], d[d["model"] == m]
-            a, b = self._line(np.log(tr["raw"].to_numpy(float)), np.log(tr[self.target].to_numpy(float)))
-            pred = a + b * np.log(te["raw"].to_numpy(float))
-            resid.extend(np.abs(np.log(te[self.target].to_numpy(float)) - pred).tolist())
+        if len(models) < 2:
+            resid = np.abs(y - (self.a_ + self.b_ * x)).tolist()
+            self.lomo_ = False
+        else:
+            self.lomo_ = True
+            for m in models:
+                tr, te = d[d["model"] != m], d[d["model"] == m]
+                a, b = self._line(np.log(tr["raw"].to_numpy(float)), np.log(tr[self.target].to_numpy(float)))
+                pred = a + b * np.log(te["raw"].to_numpy(float))
+                resid.extend(np.abs(np.log(te[self.target].to_numpy(float)) - pred).tolist())
         self.lomo_abs_resid_ = [float(r) for r in resid]
         self.q_ = _conformal_q(np.asarray(resid), self.alpha)
         self.models_ = [str(m) for m in models]

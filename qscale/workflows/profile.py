@@ -206,7 +206,7 @@ def measured_runs(stores: Sequence[str | Path], method: str = "rtn") -> Any:
 
     frames = []
     for s in stores:
-        st = RunStore(s)
+        st = RunStore(s, readonly=True)
         df = st.to_frame(status="ok", detail=True)
         df["store"] = str(s)
         frames.append(df)

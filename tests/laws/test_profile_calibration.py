@@ -47,8 +47,10 @@ def test_lomo_scores_and_roundtrip(tmp_path):
 
 
 def test_refuses_what_it_cannot_fit():
-    with pytest.raises(LawError, match="at least 2 models"):
-        ProfileCalibration().fit(_data(models=("only",)))
+    one = ProfileCalibration(form="offset").fit(_data(models=("only",)))
+    assert one.lomo_ is False and one.a_ == pytest.approx(0.2 + (0.9 - 1) * -2.6, abs=0.4)
+    with pytest.raises(LawError, match="form"):
+        ProfileCalibration(form="cubic").fit(_data())
     with pytest.raises(LawError, match="lacks columns"):
         ProfileCalibration().fit(pd.DataFrame({"model": ["a"], "kld": [0.1]}))
     with pytest.raises(LawError, match="not fitted"):
