@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ class SensitivityProfile:
             out[name] = {
                 "kld": 0.5 * lp.weighted_sq_error(dw) / self.n_tokens,
                 "rel_err": (noise / sig) ** 0.5 if sig > 0 else 0.0,
-                "sqnr_db": 10.0 * _log10(sig / noise) if noise > 0 else float("inf"),
+                "sqnr_db": 10.0 * math.log10(sig / noise) if noise > 0 else float("inf"),
                 "numel": int(w.numel()),
             }
         return out
@@ -188,12 +189,6 @@ class SensitivityProfile:
             passes=meta["passes"],
             layers=layers,
         )
-
-
-def _log10(x: float) -> float:
-    import math
-
-    return math.log10(x)
 
 
 def rank1_nonneg(f: torch.Tensor, sweeps: int = 8) -> tuple[torch.Tensor, torch.Tensor, float]:

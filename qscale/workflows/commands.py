@@ -177,12 +177,11 @@ def validate_cmd(
         if not s.is_file():
             _fail(f"no run store at {s}")
     try:
-        res = validate(store, out_dir=out, models_dir=models_dir, cache=cache, ship=ship, log=typer.echo)
+        validate(store, out_dir=out, models_dir=models_dir, cache=cache, ship=ship, log=typer.echo)
     except LawError as err:
         _fail(str(err))
         return
     typer.echo((out / "profile_validation.md").read_text())
-    _ = res
 
 
 @profile_app.command("compute")

@@ -235,7 +235,6 @@ def raw_predictions(
         need = [f for f in g["format"] if f not in store.get(model, {}).get("raw", {})]
         if need:
             lm = load(model)
-            t = time.perf_counter()
             prof, _, computed = cached_profile(lm, cache_dir=profile_dir)
             entry = store.setdefault(model, {"raw": {}, "seconds": {}})
             entry.update(
@@ -257,7 +256,6 @@ def raw_predictions(
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(store, indent=1, sort_keys=True))
             del lm
-            _ = t
         entry = store[model]
         for _, r in g.iterrows():
             rows.append(
@@ -399,7 +397,6 @@ def _plot(df: Any, out: Path, form: str = "line") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     models = list(df["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4), squeeze=False)
@@ -426,7 +423,6 @@ def _plot(df: Any, out: Path, form: str = "line") -> None:
         n_bad = int(((df["model"] == m) & ~((df["kld"] > 0) & (df["raw"] > 0))).sum())
         if n_bad:
             ax.text(0.02, 0.02, f"{n_bad} runs with KL <= 0 not drawn", transform=ax.transAxes, fontsize=7)
-        _ = np
     fig.tight_layout()
     fig.savefig(out / "profile_validation.png", dpi=110)
     plt.close(fig)
