@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -39,6 +40,11 @@ def eval_cmd(
         "--format",
         "-f",
         help="Also evaluate this format with RTN (e.g. int4-g128; see `qscale formats`).",
+    ),
+    plan: Path | None = typer.Option(
+        None,
+        "--plan",
+        help="Evaluate a plan file from `qscale plan` (one format per layer, RTN) instead of -f.",
     ),
     corpus: str = typer.Option("enwiki_gensim", "--corpus", "-c", help="Corpus name or a .txt file."),
     split: str = typer.Option("test", "--split", help="train | validation | test."),
@@ -69,16 +75,29 @@ def eval_cmd(
                 raise ValueError(f"--top-k must be auto, exact or a positive integer, got {top_k!r}.")
             k = int(top_k)
         fmt = None
+        plan_doc = None
+        if format is not None and plan is not None:
+            raise ValueError("give --format or --plan, not both")
         if format is not None:
             from qscale.formats import get_format
 
             fmt = get_format(format)
+        if plan is not None:
+            from qscale.quantize.plans import load_plan
+
+            plan_doc = load_plan(plan)
+            fmt = plan_doc["layers"]
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
 
     from qscale.lm import load
 
     lm = load(model, dtype=torch_dtype, device=device)
+    if plan_doc is not None:
+        from qscale.quantize.plans import check_plan_model
+
+        for warning in check_plan_model(plan_doc, lm):
+            typer.secho(f"warning: {warning}", fg="yellow", err=True)
     ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
         lm.model.config, "n_positions", None
     )
@@ -118,12 +137,15 @@ def eval_cmd(
         with quantized(lm.model, fmt, method="rtn") as info:
             q = evaluate_windows(lm.model, windows, reference=ref, batch_size=batch_size, progress=show)
     except FormatError as err:  # a spec that cannot be applied to this model
-        raise typer.BadParameter(f"--format {fmt}: {err}") from err
+        what = f"--plan {plan}" if plan_doc is not None else f"--format {fmt}"
+        raise typer.BadParameter(f"{what}: {err}") from err
+    except ValueError as err:  # a plan naming layers this model does not have
+        raise typer.BadParameter(str(err)) from err
     out = {
         "model": model,
-        "format": str(fmt),
+        "format": f"plan:{plan}" if plan_doc is not None else str(fmt),
         "method": "rtn",
-        "bits_per_element": fmt.bits_per_element,
+        "bits_per_element": plan_doc.get("bpw") if plan_doc is not None else fmt.bits_per_element,
         "sqnr_db": info.get("sqnr_db"),
         "float": base,
         "quantized": q,
@@ -132,6 +154,8 @@ def eval_cmd(
         "top1_agreement": q["top1_agreement"],
         "kld_top_k": q["kld_top_k"],
     }
+    if plan_doc is not None:
+        out["plan"] = {"path": str(plan), "bpw": plan_doc.get("bpw"), "predicted": plan_doc.get("predicted")}
     _print(out, base, q, as_json)
 
 

@@ -12,8 +12,11 @@ def quantize_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file."
     ),
-    format: str = typer.Option(
-        ..., "--format", "-f", help="Format spec, e.g. int4-g128, mxfp4, nf4 (see `qscale formats`)."
+    format: str | None = typer.Option(
+        None, "--format", "-f", help="Format spec, e.g. int4-g128, mxfp4, nf4 (see `qscale formats`)."
+    ),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="A plan file from `qscale plan`: one format per layer (instead of --format)."
     ),
     method: str = typer.Option("rtn", "--method", help="Quantization method (rtn, gptq, ...)."),
     params: str = typer.Option("{}", "--params", help="Method parameters as JSON, e.g. '{\"damp\": 0.01}'."),
@@ -41,14 +44,29 @@ def quantize_cmd(
     from qscale.lm import load
     from qscale.measure.weights import weight_stats
     from qscale.quantize import get_method, quantized
+    from qscale.quantize.plans import PlanError, check_plan_model, load_plan
 
+    if (format is None) == (plan is None):
+        raise typer.BadParameter("give exactly one of --format and --plan")
+    if plan is not None and (include or exclude):
+        raise typer.BadParameter("--plan names its layers; drop --include/--exclude")
+    plan_doc = None
     try:
-        fmt = get_format(format)
+        if plan is not None:
+            plan_doc = load_plan(plan)
+            fmt = plan_doc["layers"]
+        else:
+            fmt = get_format(format)
         m = get_method(method)
         method_params = m.resolve_params(json.loads(params))
-    except (ValueError, json.JSONDecodeError) as err:
+    except (PlanError, ValueError, json.JSONDecodeError) as err:
         raise typer.BadParameter(str(err)) from err
     lm = load(model)
+    if plan_doc is not None:
+        for warning in check_plan_model(plan_doc, lm):
+            typer.secho(f"warning: {warning}", fg="yellow", err=True)
+    bits = plan_doc.get("bpw") if plan_doc is not None else fmt.bits_per_element
+    fmt_name = f"plan {plan}" if plan_doc is not None else str(fmt)
     calib = None
     if m.calibration_needed(method_params):
         from qscale.corpora import calibration_batch
@@ -60,40 +78,49 @@ def quantize_cmd(
     from qscale.lm.layers import linear_layers
 
     for ref in linear_layers(lm.model, include or None, exclude or None):
-        stats[ref.name] = weight_stats(ref.get_weight())
-    with quantized(
-        lm.model,
-        fmt,
-        method=m.name,
-        params=method_params,
-        calib=calib,
-        include=include or None,
-        exclude=exclude or None,
-    ) as info:
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            lm.model.save_pretrained(out)
-            if lm.tokenizer is not None:
-                lm.tokenizer.save_pretrained(out)
-            (out / "qscale_quantized.json").write_text(
-                json.dumps(
-                    {
-                        "source": model,
-                        "format": str(fmt),
-                        "method": info.get("method"),
-                        "sqnr_db": info.get("sqnr_db"),
-                        "note": "fake-quantized: weights lie on the format's grid, stored in the source dtype",
-                    },
-                    indent=2,
+        if plan_doc is None or ref.name in plan_doc["layers"]:
+            stats[ref.name] = weight_stats(ref.get_weight())
+    from qscale.quantize import MethodError
+
+    try:
+        with quantized(
+            lm.model,
+            fmt,
+            method=m.name,
+            params=method_params,
+            calib=calib,
+            include=include or None,
+            exclude=exclude or None,
+        ) as info:
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                lm.model.save_pretrained(out)
+                if lm.tokenizer is not None:
+                    lm.tokenizer.save_pretrained(out)
+                (out / "qscale_quantized.json").write_text(
+                    json.dumps(
+                        {
+                            "source": model,
+                            "format": fmt_name,
+                            "layer_formats": plan_doc["layers"] if plan_doc is not None else None,
+                            "method": info.get("method"),
+                            "sqnr_db": info.get("sqnr_db"),
+                            "note": "fake-quantized: weights lie on the format's grid, stored in the source dtype",
+                        },
+                        indent=2,
+                    )
                 )
-            )
+    except (
+        MethodError
+    ) as err:  # e.g. a plan naming layers the model lacks, or a method without per-layer formats
+        raise typer.BadParameter(str(err)) from err
     if as_json:
         typer.echo(
             json.dumps(
                 {
                     "model": model,
-                    "format": str(fmt),
-                    "bits_per_element": fmt.bits_per_element,
+                    "format": fmt_name,
+                    "bits_per_element": bits,
                     "sqnr_db": info.get("sqnr_db"),
                     "layers": info.get("layers"),
                     "weight_stats": stats,
@@ -104,14 +131,24 @@ def quantize_cmd(
             )
         )
         return
-    table = Table(title=f"{model}  {fmt}  ({fmt.bits_per_element:g} bits/element, method {m.name})")
-    for col in ("layer", "shape", "SQNR dB", "kurtosis", "max/std"):
+    per = f"{bits:g} bits/element, " if isinstance(bits, int | float) else ""
+    table = Table(title=f"{model}  {fmt_name}  ({per}method {m.name})")
+    cols = (
+        "layer",
+        "shape",
+        *(("format",) if plan_doc is not None else ()),
+        "SQNR dB",
+        "kurtosis",
+        "max/std",
+    )
+    for col in cols:
         table.add_column(col, justify="right" if col != "layer" else "left")
     for name, rec in (info.get("layers") or {}).items():
         s = stats.get(name, {})
         table.add_row(
             name,
             "x".join(map(str, rec["shape"])),
+            *((plan_doc["layers"][name],) if plan_doc is not None else ()),
             f"{rec['sqnr_db']:.2f}",
             f"{s.get('kurtosis', float('nan')):.2f}",
             f"{s.get('max_over_std', float('nan')):.1f}",

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from qscale.lm.layers import LinearRef
-from qscale.quantize.registry import Method, MethodContext, MethodError, register_method
+from qscale.quantize.registry import Method, MethodContext, MethodError, layer_format, register_method
 from qscale.quantize.rtn import db, layer_sqnr
 
 __all__ = [
@@ -412,7 +412,9 @@ def gptq_model(
                 todo = groups[0] if true_sequential else [r for grp in groups for r in grp]
                 for ref in todo:
                     w = ref.get_weight().clone()
-                    res = gptq_quantize_weight(w, acc[ref.name].hessian, fmt, **options)
+                    res = gptq_quantize_weight(
+                        w, acc[ref.name].hessian, layer_format(fmt, ref.name), **options
+                    )
                     if save is not None:
                         save(ref.weight)
                     ref.set_weight(res.q)
@@ -444,6 +446,7 @@ class GPTQ(Method):
 
     description = "GPTQ: second-order error-compensated weight quantization (needs calibration)"
     needs_calibration = True
+    per_layer_formats = True
     defaults: dict[str, Any] = {
         "blocksize": 128,
         "percdamp": 0.01,

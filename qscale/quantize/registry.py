@@ -34,6 +34,7 @@ __all__ = [
     "MethodError",
     "MethodSpec",
     "get_method",
+    "layer_format",
     "list_methods",
     "quantized",
     "register_method",
@@ -55,6 +56,7 @@ class Method(ABC):
     defaults: ClassVar[Mapping[str, Any]] = {}
     needs_calibration: ClassVar[bool] = False
     needs_format: ClassVar[bool] = True
+    per_layer_formats: ClassVar[bool] = False  # accepts a {layer: format} mapping (a plan) as ``fmt``
     description: ClassVar[str] = ""
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -75,6 +77,11 @@ class Method(ABC):
     @abstractmethod
     def apply(self, ctx: MethodContext) -> dict[str, Any]:
         """Quantize ``ctx.model`` in place (saving every tensor first) and return a JSON-able info dict."""
+
+
+def layer_format(fmt: Any, name: str) -> Any:
+    """The format of layer ``name``: ``fmt`` itself, or ``fmt[name]`` when ``fmt`` maps layers to formats."""
+    return fmt[name] if isinstance(fmt, Mapping) else fmt
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -195,33 +202,49 @@ def quantized(
     records such as GPTQ's damping), with ``"method"`` and ``"format"`` added. On exit, also after an exception,
     every touched tensor is restored bit-exactly and every hook removed.
     """
-    if isinstance(fmt, str):
-        from qscale.formats import get_format
+    from qscale.formats import get_format
 
+    if isinstance(fmt, str):
         fmt = get_format(fmt)
+    elif isinstance(fmt, Mapping):  # per-layer formats (a mixed-precision plan): exactly these layers
+        fmt = {str(name): get_format(spec) for name, spec in fmt.items()}
+        if include is not None:
+            raise MethodError("per-layer formats name their layers; do not also pass include=")
+        include = sorted(fmt)
     if isinstance(method, MethodSpec):
         m = get_method(method.name)
         resolved = m.resolve_params({**method.param_dict, **dict(params or {})})
     else:
         m = get_method(method)
         resolved = m.resolve_params(params)
+    if isinstance(fmt, Mapping) and not m.per_layer_formats:
+        ok = ", ".join(n for n in sorted(_REGISTRY) if _REGISTRY[n].per_layer_formats)
+        raise MethodError(f"method {m.name!r} takes one format; per-layer formats (a plan) work with: {ok}")
     if m.needs_format and fmt is None:
         raise MethodError(f"method {m.name!r} needs a format (e.g. fmt='int4-g128')")
     if m.calibration_needed(resolved) and calib is None:
         raise MethodError(
             f"method {m.name!r} needs calibration tokens: pass calib=qscale.corpora.calibration_batch(tokenizer, ...)"
         )
-    ctx = MethodContext(
-        model=model,
-        fmt=fmt,
-        params=resolved,
-        calib=calib,
-        layers=linear_layers(model, include=include, exclude=exclude),
-    )
+    if isinstance(fmt, Mapping):
+        by_name = {r.name: r for r in linear_layers(model, exclude=exclude if exclude is not None else [])}
+        missing = [n for n in fmt if n not in by_name]
+        if missing:
+            raise MethodError(
+                f"per-layer formats name {len(missing)} layer(s) the model does not have (or that are excluded): "
+                f"{missing[:3]}; "
+                f"its linear layers are e.g. {list(by_name)[:3]}"
+            )
+        layers = [r for r in by_name.values() if r.name in fmt]
+    else:
+        layers = linear_layers(model, include=include, exclude=exclude)
+    ctx = MethodContext(model=model, fmt=fmt, params=resolved, calib=calib, layers=layers)
     try:
         info = dict(m.apply(ctx) or {})
         info.setdefault("method", MethodSpec(m.name, tuple(sorted(resolved.items()))).to_dict())
-        info.setdefault("format", None if fmt is None else str(fmt))
+        info.setdefault(
+            "format", None if fmt is None else "per-layer" if isinstance(fmt, Mapping) else str(fmt)
+        )
         yield info
     finally:
         ctx.restore()

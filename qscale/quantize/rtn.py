@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from qscale.lm.layers import LinearRef
-from qscale.quantize.registry import Method, MethodContext, register_method
+from qscale.quantize.registry import Method, MethodContext, layer_format, register_method
 
 __all__ = ["RTN", "db", "quantize_layers", "layer_sqnr"]
 
@@ -57,13 +57,14 @@ def quantize_layers(
     """RTN-quantize each layer's ``(out, in)`` weight along the input axis; optionally write it back.
 
     Returns ``{"layers": {name: {"sqnr_db", "signal", "noise", "shape"}}, "sqnr_db", "signal", "noise"}``.
-    With ``write=False`` the model is untouched (SQNR as a feature, no evaluation needed).
+    With ``write=False`` the model is untouched (SQNR as a feature, no evaluation needed). ``fmt`` may map layer
+    names to formats (a mixed-precision plan).
     """
     per_layer: dict[str, dict[str, Any]] = {}
     total_s = total_n = 0.0
     for ref in layers:
         w = ref.get_weight().contiguous()
-        q, signal, noise = _fake_quant_with_sqnr(fmt, w)
+        q, signal, noise = _fake_quant_with_sqnr(layer_format(fmt, ref.name), w)
         if write:
             if ctx is not None:
                 ctx.save(ref.weight)
@@ -85,6 +86,7 @@ class RTN(Method):
 
     description = "round-to-nearest weight quantization (no calibration)"
     defaults: dict[str, Any] = {}
+    per_layer_formats = True
 
     def apply(self, ctx: MethodContext) -> dict[str, Any]:
         return quantize_layers(ctx.layers, ctx.fmt, write=True, ctx=ctx)

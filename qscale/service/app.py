@@ -44,7 +44,7 @@ from pydantic import BaseModel
 from qscale import __version__
 from qscale.service.guard import Guard, allowed_host_set
 from qscale.service.models import Busy, ModelLoadFailed, ModelPool, ModelRefused, ModelRoots, WorkQueue
-from qscale.service.schemas import MAX_FORMATS, PredictRequest, valid_range
+from qscale.service.schemas import MAX_FORMATS, PlanRequest, PredictRequest, valid_range
 
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("qscale.service")
@@ -324,6 +324,35 @@ def create_app(
         if len(preds) == 1 and req.formats is None:
             result = rows[0]
         return {"law": req.law, "result": _jsonable(result)}
+
+    @app.post("/api/plan", responses=ERRORS)
+    def plan(req: PlanRequest) -> dict[str, Any]:
+        from qscale.laws.estimators import LawError
+        from qscale.workflows.plan import PlanError, plan_model
+
+        if (req.target_bpw is None) == (req.max_kld is None):
+            raise HTTPException(400, "give exactly one of 'target_bpw' and 'max_kld'")
+        specs = _expand_formats(req.candidates)
+        try:
+            ref = roots.resolve(req.model)
+
+            def work() -> dict[str, Any]:
+                with pool.use(ref) as lm:
+                    return plan_model(
+                        lm, specs, target_bpw=req.target_bpw, max_kld=req.max_kld, keep=req.keep,
+                        alpha=req.alpha, models_dir=models_dir,
+                    )  # fmt: skip
+
+            out = queue.run(work)
+        except (ModelRefused, ModelLoadFailed) as err:
+            raise HTTPException(400, str(err)) from None
+        except Busy as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
+        except (PlanError, LawError, ValueError) as err:
+            raise HTTPException(400, str(err)) from None
+        out["model"]["name"] = req.model  # the client's name, never the server path
+        out["profile"].pop("path", None)
+        return _jsonable(out)
 
     return app
 

@@ -40,6 +40,10 @@ RANGES: dict[str, str] = {
     "method": f"a method name such as rtn, gptq or awq, 1 to {MAX_STR} characters",
     "family": f"a model family such as Llama-2, 1 to {MAX_STR} characters",
     "inputs": f"an object of at most {MAX_INPUTS} documented input names: the law's features",
+    "candidates": f"a named set or a list of at most {MAX_FORMATS} format specs a layer may take",
+    "target_bpw": "a finite number > 0 and at most 32, average bits per weight including scales",
+    "max_kld": "a finite number > 0, the largest acceptable predicted KL in nats/token",
+    "keep": "at most 64 layer name patterns (fnmatch) kept in 16-bit",
 }
 #: Any other feature given in ``inputs``: what its value may be.
 FEATURE_RANGE = f"a finite number, or a category name of 1 to {MAX_STR} characters"
@@ -137,3 +141,30 @@ class PredictRequest(BaseModel):
         description=_d("baseline_ppl", "log-ppl-ratio laws: the fp16 perplexity, to add delta_ppl."),
     )
     inputs: Inputs | None = Field(None, description=_d("inputs", "Feature values given directly."))
+
+
+class PlanRequest(BaseModel):
+    """POST /api/plan: one format per linear layer of ``model`` for a bits budget (or a KL ceiling)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Name = Field(..., description=_d("model", "The model to plan, by a name this server allows."))
+    candidates: (
+        Annotated[str, Field(min_length=1, max_length=4096)]
+        | Annotated[list[Name], Field(min_length=1, max_length=MAX_FORMATS)]
+    ) = Field(
+        "int3-g128,int4-g128,nf4-g64,int5-pc,fp6-e2m3-pc,int8-pc",
+        description=_d("candidates", "Formats a layer may take: a named set or a list of specs."),
+    )
+    target_bpw: Annotated[float, Field(gt=0, le=32, allow_inf_nan=False, strict=True)] | None = Field(
+        None, description=_d("target_bpw", "Average bits per weight to stay at or under (scales counted).")
+    )
+    max_kld: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = Field(
+        None, description=_d("max_kld", "The dual: the fewest bits whose predicted KL is at most this.")
+    )
+    keep: Annotated[list[Name], Field(max_length=64)] = Field(
+        default_factory=list, description=_d("keep", "Layer name patterns kept in 16-bit.")
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1, strict=True)] = Field(
+        0.1, description=_d("alpha", "Miscoverage of the interval: 0.1 gives a 90% interval.")
+    )

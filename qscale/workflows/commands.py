@@ -1,4 +1,5 @@
-"""CLI adapters of the workflows: ``qscale predict`` (profile law by default for a model) and ``qscale profile``."""
+"""CLI adapters of the workflows: ``qscale predict`` (profile law by default for a model), ``qscale profile``,
+``qscale plan`` (mixed-precision plans) and ``qscale export`` (a plan for llama.cpp or llm-compressor)."""
 
 from __future__ import annotations
 
@@ -221,6 +222,138 @@ def compute_cmd(
         )
 
 
+def plan_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="zoo:NAME, panel:NAME, an HF directory or a .gguf file."
+    ),
+    candidates: str = typer.Option(
+        "int3-g128,int4-g128,nf4-g64,int5-pc,fp6-e2m3-pc,int8-pc",
+        "--candidates",
+        help="Formats a layer may take (comma list or a set; see `qscale formats`).",
+    ),
+    target_bpw: float | None = typer.Option(
+        None, "--target-bpw", help="Average bits per weight to stay at or under (scales counted)."
+    ),
+    max_kld: float | None = typer.Option(
+        None, "--max-kld", help="The dual: the fewest bits whose predicted KL (nats/token) is at most this."
+    ),
+    keep: list[str] = typer.Option(
+        None, "--keep", help="Layer name patterns kept in 16-bit (counted at 16 bits per weight); repeatable."
+    ),
+    anchor: list[Path] = typer.Option(
+        None,
+        "--anchor",
+        help="Run stores with measured uniform RTN runs of this model: each candidate's predicted level is "
+        "scaled to its measured KL (repeatable).",
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the plan file (JSON) here."),
+    alpha: float = typer.Option(0.1, "--alpha", min=0.01, max=0.5, help="Interval miscoverage (0.1: 90%)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Where the profile calibration lives."),
+) -> None:
+    """Choose one format per linear layer for a bits budget (or a KL ceiling) from the model's predicted damage."""
+    from qscale.formats import expand_formats
+    from qscale.laws.estimators import LawError
+    from qscale.lm.loading import LoadError
+    from qscale.workflows.plan import PlanError, anchors_from_stores, plan_model, save_plan
+
+    for s in anchor or []:
+        if not s.is_file():
+            _fail(f"--anchor {s}: no run store there")
+    try:
+        specs = expand_formats(candidates)
+        subject: object = model
+        anchors = None
+        if anchor:
+            from qscale.lm import load
+
+            subject = load(model)
+            anchors = anchors_from_stores(anchor, subject)
+            if not anchors:
+                raise PlanError(f"the stores {[str(a) for a in anchor]} hold no measured RTN run of {model}")
+        plan = plan_model(
+            subject,
+            specs,
+            anchors=anchors,
+            target_bpw=target_bpw,
+            max_kld=max_kld,
+            keep=keep or (),
+            alpha=alpha,
+            models_dir=models_dir,
+        )
+    except (PlanError, LawError, LoadError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+        return
+    if out is not None:
+        save_plan(plan, out)
+    if as_json:
+        typer.echo(json.dumps(plan, indent=1, default=str))
+        return
+    p = plan["predicted"]
+    tgt = plan["target"]
+    goal = f"target {tgt['bpw']} bits/weight" if "bpw" in tgt else f"predicted KL <= {tgt['max_kld']}"
+    typer.echo(f"{plan['model']['name']}: plan for {goal} -> {plan['bpw']:.4f} bits/weight")
+    typer.echo(
+        f"  predicted KL {p['value']:.4g} nats/token, {int(round(100 * (1 - alpha)))}% interval "
+        f"[{p['lo']:.4g}, {p['hi']:.4g}]; solver {plan['solver']['method']} "
+        f"(within {plan['solver']['gap']:.2g} of the Lagrangian bound), {plan['seconds']['planning']:.1f} s"
+    )
+    typer.echo(
+        "  layers per format: " + ", ".join(f"{k} {v}" for k, v in sorted(plan["formats_used"].items()))
+    )
+    if plan["kept"]:
+        typer.echo(f"  kept in 16-bit: {len(plan['kept'])} layer(s)")
+    typer.echo("  uniform candidates (predicted KL):")
+    for u in sorted(plan["uniform"], key=lambda u: u["bpw"]):
+        typer.echo(
+            f"    {u['format']:16s} {u['bpw']:7.4f} bits/weight  {u['value']:.4g} [{u['lo']:.3g}, {u['hi']:.3g}]"
+        )
+    if out is not None:
+        typer.echo(
+            f"plan written to {out}; apply with `qscale quantize --plan {out}` or measure with `qscale eval --plan {out}`"
+        )
+
+
+def export_cmd(
+    plan_file: Path = typer.Argument(..., help="A plan file from `qscale plan --out`."),
+    to: str = typer.Option(..., "--to", help="llama.cpp | llm-compressor"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the export here (default: print it)."),
+    method: str = typer.Option(
+        "rtn", "--method", help="llm-compressor modifier: rtn (QuantizationModifier) | gptq."
+    ),
+) -> None:
+    """Export a plan: llama.cpp `--tensor-type-file` lines, or an llm-compressor recipe."""
+    from qscale.registry import unknown_name_message
+    from qscale.workflows.export import EXPORTERS, ExportError, to_llama_cpp, to_llm_compressor
+    from qscale.workflows.plan import PlanError, load_plan
+
+    if to not in EXPORTERS:
+        _fail(unknown_name_message(to, EXPORTERS, "export target"))
+    if method not in ("rtn", "gptq"):
+        _fail(f"--method must be rtn or gptq, got {method!r}")
+    try:
+        plan = load_plan(plan_file)
+        if to == "llama.cpp":
+            res = to_llama_cpp(plan)
+            text = res["tensor_types"]
+            notes = [f"run: {res['command']}", *res["notes"]]
+        else:
+            text = to_llm_compressor(plan, method=method)
+            notes = []
+    except (PlanError, ExportError) as err:
+        _fail(f"cannot export {plan_file} to {to}: {err}")
+        return
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+    for n in notes:
+        typer.secho(n, err=True, dim=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_cmd)
     app.add_typer(profile_app, name="profile")
+    app.command("plan")(plan_cmd)
+    app.command("export")(export_cmd)

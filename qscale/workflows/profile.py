@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,16 +61,38 @@ def format_terms(
     *,
     skipped: dict[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    cache: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Per format: ``{"format", "raw", "layers": {name: {...}}, "bits_per_weight", "seconds"}`` (RTN errors)."""
+    """Per format: ``{"format", "raw", "layers": {name: {...}}, "bits_per_weight", "seconds"}`` (RTN errors).
+
+    ``cache``: a JSON file (next to the profile, whose name carries the weights identity) keeping each format's
+    per-layer terms, so a second plan or prediction of the same model skips the fake-quantization; entries are
+    keyed by qscale version and the profile's settings, and a damaged file is recomputed.
+    """
+    from qscale import __version__
     from qscale.formats import FormatError, get_format
 
+    stash: dict[str, Any] = {}
+    key = json.dumps(
+        [__version__, profile.identity, profile.n_tokens, profile.settings], sort_keys=True, default=str
+    )
+    if cache is not None and Path(cache).is_file():
+        try:
+            got = json.loads(Path(cache).read_text())
+            stash = got.get("formats", {}) if got.get("key") == key else {}
+        except (OSError, ValueError, AttributeError):
+            stash = {}
+    added = False
     out = []
     for spec in specs:
         t = time.perf_counter()
         try:
             fmt = get_format(spec)
-            layers = profile.layer_terms(lm.model, fmt)
+            layers = stash.get(str(fmt))
+            if layers is None or set(layers) != set(profile.layers):
+                layers = profile.layer_terms(lm.model, fmt)
+                stash[str(fmt)] = layers
+                added = True
         except (FormatError, ValueError) as err:
             if skipped is None:
                 raise
@@ -86,6 +109,13 @@ def format_terms(
         )
         if progress is not None:
             progress(str(fmt))
+    if cache is not None and added:
+        tmp = Path(cache).with_name(Path(cache).name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"key": key, "formats": stash}, default=float))
+            tmp.replace(cache)
+        except OSError:  # a read-only cache directory: the terms are simply recomputed next time
+            tmp.unlink(missing_ok=True)
     return out
 
 
