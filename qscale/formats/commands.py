@@ -51,29 +51,23 @@ def formats(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
+    import textwrap
 
-    table = Table(title=f"qscale formats ({set_name or 'catalogue'}: {len(rows)})")
-    for col in ("spec", "family", "elem bits", "block/group", "bits/elem", "description"):
-        table.add_column(col, justify="right" if col in ("elem bits", "block/group", "bits/elem") else "left")
+    # one line per format at any width >= 60: the description is cut with "..." (`qscale formats SPEC` shows it)
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    head = f"{'spec':<17} {'family':<6} {'bits':>4} {'block':>7} {'b/elem':>7}  "
+    lines = [f"qscale formats ({set_name or 'catalogue'}: {len(rows)})", "", head + "description"]
     for r in rows:
         block = (
             str(r["block"])
             if r["block"]
             else {"channel": "channel", "tensor": "tensor"}.get(r["granularity"], "-")
         )
-        table.add_row(
-            r["spec"],
-            r["family"],
-            str(r["element_bits"]),
-            block,
-            f"{r['bits_per_element']:g}",
-            r["description"],
-        )
-    console = Console()
-    console.print(table)
-    console.print(f"named sets: {', '.join(FORMAT_SETS)}")
+        start = f"{r['spec']:<17} {r['family']:<6} {r['element_bits']!s:>4} {block:>7} {r['bits_per_element']:>7g}  "
+        lines.append(start + textwrap.shorten(r["description"], width - len(start), placeholder="..."))
+    lines += ["", *textwrap.wrap("named sets: " + ", ".join(FORMAT_SETS), width)]
+    typer.echo("\n".join(lines))
 
 
 def register(app: typer.Typer) -> None:

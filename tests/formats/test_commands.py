@@ -43,3 +43,15 @@ def test_formats_bad_spec_exits_2_with_suggestion() -> None:
     assert "did you mean" in res.output and "int4-g128-asym" in res.output
     res = runner.invoke(app, ["formats", "--set", "all-4bits"])
     assert res.exit_code == 2 and "all-4bit" in res.output
+
+
+def test_formats_fits_an_80_column_terminal() -> None:
+    """One line per catalogue format, none wider than 80 columns (it used to wrap to 326 lines)."""
+    from qscale.formats import list_formats
+
+    res = runner.invoke(app, ["formats"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split()[0] for line in lines if line and line.split()[0] in set(list_formats())]
+    assert rows == list(list_formats())
