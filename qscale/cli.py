@@ -65,8 +65,28 @@ def _root(
 _register_all()
 
 
-def main() -> None:
-    app()
+def user_error(err: BaseException) -> bool:
+    """A user's mistake, not a bug: one of qscale's own ``ValueError`` subclasses (LoadError, FormatError,
+    MethodError, WindowError, CorpusError, LawError, PlanError, ...). A plain ValueError or any other exception
+    is a bug and keeps its traceback."""
+    return isinstance(err, ValueError) and any(
+        c.__module__.startswith("qscale.") and issubclass(c, ValueError) and c is not ValueError
+        for c in type(err).__mro__
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``qscale`` entry point: a user error prints one line naming the problem (exit 2), a bug its traceback."""
+    import sys
+
+    try:
+        app(args=argv, prog_name="qscale")
+    except Exception as err:
+        if not user_error(err):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        typer.secho(f"error: {msg}", fg="red", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,10 @@ def _tied_to_embedding(model: nn.Module, module: nn.Module) -> bool:
     return emb is not None and getattr(emb, "weight", None) is module.weight
 
 
+class LayerError(ValueError):
+    """A layer selection (``include`` patterns) that matches no linear layer."""
+
+
 def linear_layers(
     model: nn.Module,
     include: Sequence[str] | None = None,
@@ -109,7 +113,7 @@ def linear_layers(
         refs.append(LinearRef(name=name, module=module, transposed=transposed))
     if include is not None and not refs:
         names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or _is_conv1d(m)]
-        raise ValueError(
+        raise LayerError(
             f"include={list(include)} matched no linear layer; linear layers are: {names[:12]}..."
         )
     return refs

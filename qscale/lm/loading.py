@@ -105,6 +105,26 @@ def resolve_zoo(name: str, zoo_root: str | Path | None = None) -> Path:
     )
 
 
+def check_device(device: str) -> None:
+    """A clear :class:`LoadError` for a device this torch cannot use (``cuda`` on a CPU build, a bad index)."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cpu":
+        return
+    if kind != "cuda":
+        raise LoadError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise LoadError(
+            f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
+        )
+    idx = str(device).split(":")[1] if ":" in str(device) else "0"
+    if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+        raise LoadError(
+            f"--device {device}: valid CUDA devices are cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
 def load(
     name_or_path: str | os.PathLike[str],
     dtype: Any = None,
@@ -121,6 +141,7 @@ def load(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # qscale shows its own progress; no "Loading weights" bars
+    check_device(device)
     dtype = torch.float32 if dtype is None else dtype
     src = str(name_or_path)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}

@@ -52,7 +52,7 @@ def eval_cmd(
     seq_len: int = typer.Option(256, "--seq-len", "-L", help="Window length in tokens (BOS included)."),
     stride: int | None = typer.Option(None, "--stride", help="Rolling stride (default seq_len/2)."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Use only the first N stream tokens."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 (log-softmax is always fp32)."),
     top_k: str = typer.Option(

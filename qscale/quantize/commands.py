@@ -28,8 +28,8 @@ def quantize_cmd(
     calib_corpus: str = typer.Option(
         "enwiki_gensim", "--calib-corpus", help="Calibration corpus for methods that need one."
     ),
-    calib_samples: int = typer.Option(32, "--calib-samples"),
-    calib_seq_len: int = typer.Option(256, "--calib-seq-len"),
+    calib_samples: int = typer.Option(32, "--calib-samples", min=1),
+    calib_seq_len: int = typer.Option(256, "--calib-seq-len", min=2),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     force: bool = typer.Option(False, "--force", help="Write --out even if the directory is not empty."),
 ) -> None:
