@@ -37,6 +37,8 @@ CASES = [
     (["quantize", "--model", "{model}", "-f", "int99"], "int99"),
     (["plan", "--model", "/nonexistent/model", "--target-bpw", "4"], "not found"),
     (["export", "{empty}/plan.json", "--to", "llama.cpp"], "does not exist"),
+    (["eval", "--model", "{garbage_gguf}"], "not a GGUF file"),
+    (["eval", "--model", "{empty_gguf}"], "is empty"),
 ]
 
 
@@ -51,7 +53,16 @@ def test_user_mistakes_are_one_line(argv, needle, model_dir, tmp_path, capsys, m
             pytest.skip("this machine has a cuda:7")
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = [a.replace("{model}", str(model_dir)).replace("{empty}", str(empty)) for a in argv]
+    (tmp_path / "g.gguf").write_bytes(b"garbage, not a model\n")
+    (tmp_path / "e.gguf").write_bytes(b"")
+    subs = {
+        "{model}": model_dir,
+        "{empty}": empty,
+        "{garbage_gguf}": tmp_path / "g.gguf",
+        "{empty_gguf}": tmp_path / "e.gguf",
+    }
+    for key, val in subs.items():
+        argv = [a.replace(key, str(val)) for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     out = capsys.readouterr()

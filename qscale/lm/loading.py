@@ -167,6 +167,11 @@ def load(
     if path.is_file():
         if path.suffix != ".gguf":
             raise LoadError(f"{src!r} is a file but not a .gguf file; give a .gguf file or an HF directory")
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            what = "empty" if not magic else "not a GGUF file (no GGUF magic bytes at its start)"
+            raise LoadError(f"{src!r} is {what}; give a llama.cpp .gguf file or an HF directory")
         try:
             import gguf  # noqa: F401
         except ImportError as err:
