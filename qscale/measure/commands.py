@@ -127,7 +127,7 @@ def eval_cmd(
         _print(result, None, None, as_json)
         return
 
-    from qscale.quantize import quantized
+    from qscale.quantize import MethodError, quantized
 
     ref = reference_outputs(lm.model, windows, top_k=k, batch_size=batch_size, progress=show)
     base = _float_from_reference(ref, windows)
@@ -139,7 +139,7 @@ def eval_cmd(
     except FormatError as err:  # a spec that cannot be applied to this model
         what = f"--plan {plan}" if plan_doc is not None else f"--format {fmt}"
         raise typer.BadParameter(f"{what}: {err}") from err
-    except ValueError as err:  # a plan naming layers this model does not have
+    except MethodError as err:  # a plan naming layers this model does not have
         raise typer.BadParameter(str(err)) from err
     out = {
         "model": model,

@@ -23,14 +23,11 @@ ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 def _grid(plan: dict[str, Any]) -> list[str]:
     """Markdown rows: block x role, each cell the format's short name."""
     cells: dict[int, dict[str, str]] = {}
-    for name, spec in plan["layers"].items():
+    assigned = {**plan["layers"], **dict.fromkeys(plan.get("kept", []), "16-bit")}
+    for name, spec in assigned.items():
         m = re.match(r".*layers\.(\d+)\..*\.(\w+_proj)$", name)
         if m:
             cells.setdefault(int(m.group(1)), {})[m.group(2)] = spec
-    for name in plan.get("kept", []):
-        m = re.match(r".*layers\.(\d+)\..*\.(\w+_proj)$", name)
-        if m:
-            cells.setdefault(int(m.group(1)), {})[m.group(2)] = "16-bit"
     if not cells:
         return []
     lines = [

@@ -78,13 +78,17 @@ def to_llama_cpp(plan: Mapping[str, Any]) -> dict[str, Any]:
             f"{n} layer(s) use formats with no ggml type of the same layout: {', '.join(bad_fmt)}; "
             f"plan with llama.cpp-compatible candidates ({', '.join(GGUF_TYPES)})"
         )
-    unnamed = [n for n in [*layers, *plan.get("kept", [])] if gguf_name(n) is None]
+    types = {
+        **{n: GGUF_TYPES[s][0] for n, s in layers.items()},
+        **dict.fromkeys(plan.get("kept", []), KEPT_GGUF),
+    }
+    names = {n: gguf_name(n) for n in types}
+    unnamed = [n for n, g in names.items() if g is None]
     if unnamed:
         raise ExportError(
             f"{len(unnamed)} layer(s) have no GGUF tensor name (only the Llama/Qwen2 layout maps), e.g. {unnamed[:3]}"
         )
-    lines = [f"{re.escape(gguf_name(n) + '.weight')}={GGUF_TYPES[s][0]}" for n, s in layers.items()]
-    lines += [f"{re.escape(gguf_name(n) + '.weight')}={KEPT_GGUF}" for n in plan.get("kept", [])]
+    lines = [f"{re.escape(names[n] + '.weight')}={t}" for n, t in types.items()]
     counts: dict[str, int] = {}
     for s in layers.values():
         counts[GGUF_TYPES[s][0]] = counts.get(GGUF_TYPES[s][0], 0) + 1

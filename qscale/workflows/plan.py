@@ -97,11 +97,14 @@ def lagrangian_bound(d: np.ndarray, b: np.ndarray, budget: float) -> float:
     return best
 
 
-def solve(d: np.ndarray, b: np.ndarray, budget: float, *, units: int = DEFAULT_UNITS) -> Solution:
+def solve(
+    d: np.ndarray, b: np.ndarray, budget: float, *, units: int = DEFAULT_UNITS, certify: bool = True
+) -> Solution:
     """Choose one column per row of ``d`` (damage) minimising the total with ``sum b <= budget``.
 
     ``d``, ``b``: ``(L, C)`` arrays (use ``inf`` damage for a forbidden pair). Raises :class:`PlanError` when
-    even the cheapest choice of every row exceeds the budget.
+    even the cheapest choice of every row exceeds the budget. ``certify=False`` skips the Lagrangian bound
+    (``lower_bound`` is NaN), for callers that solve many budgets and report one.
     """
     d = np.asarray(d, dtype=float)
     b = np.asarray(b, dtype=float)
@@ -162,7 +165,7 @@ def solve(d: np.ndarray, b: np.ndarray, budget: float, *, units: int = DEFAULT_U
         choice=choice,
         damage=damage,
         bits=float(b[rows, choice].sum()),
-        lower_bound=lagrangian_bound(d, b, budget),
+        lower_bound=lagrangian_bound(d, b, budget) if certify else float("nan"),
         units=units,
         method=method,
     )
@@ -209,30 +212,32 @@ def solve_max_damage(
     """
     lo = float(b.min(axis=1).sum()) / n_weights
     hi = float(b.max(axis=1).sum()) / n_weights
-    top = solve(d, b, hi * n_weights, units=units)
+    top = solve(d, b, hi * n_weights, units=units, certify=False)
     if top.damage > max_damage:
         raise PlanError(
             f"no plan from these candidates reaches predicted KL <= {max_damage:g}: the least is {top.damage:.4g}, "
             "with every layer in its best candidate; add a higher-precision candidate"
         )
     try:
-        sol_lo = solve(d, b, lo * n_weights, units=units)
+        sol_lo = solve(d, b, lo * n_weights, units=units, certify=False)
     except PlanError:
         sol_lo = None
     if sol_lo is not None and sol_lo.damage <= max_damage:
+        sol_lo.lower_bound = lagrangian_bound(d, b, lo * n_weights)
         return sol_lo, lo
-    best = top
+    best, best_budget = top, hi * n_weights
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         try:
-            s = solve(d, b, mid * n_weights, units=units)
+            s = solve(d, b, mid * n_weights, units=units, certify=False)
         except PlanError:  # nothing with finite damage fits this budget: too low
             lo = mid
             continue
         if s.damage <= max_damage:
-            hi, best = mid, s
+            hi, best, best_budget = mid, s, mid * n_weights
         else:
             lo = mid
+    best.lower_bound = lagrangian_bound(d, b, best_budget)
     return best, best.bits / n_weights
 
 
@@ -278,17 +283,9 @@ def plan_model(
     candidates without an anchor get the geometric mean of the others' factors.
     """
     from qscale.formats import FormatError, get_format
-    from qscale.laws.estimators import LawError
     from qscale.lm import load
     from qscale.measure.sensitivity import cached_profile
-    from qscale.workflows.profile import (
-        UNITS,
-        _interval,
-        calibration_name,
-        format_terms,
-        load_calibration,
-        population,
-    )
+    from qscale.workflows.profile import UNITS, _interval, calibrations, format_terms, population
 
     if (target_bpw is None) == (max_kld is None):
         raise PlanError("give exactly one of --target-bpw and --max-kld")
@@ -310,15 +307,7 @@ def plan_model(
     t0 = time.perf_counter()
     lm = load(model) if isinstance(model, str) else model
     pop = population(lm.name)
-    cal = load_calibration(calibration_name("kld", pop), models_dir)
-    cal.alpha = alpha
-    from qscale.laws.estimators import _conformal_q
-
-    cal.q_ = _conformal_q(np.asarray(cal.lomo_abs_resid_), alpha)
-    try:
-        cal_dnll = load_calibration(calibration_name("dnll", pop), models_dir)
-    except LawError:  # dnll is a bonus
-        cal_dnll = None
+    cal, cal_dnll = calibrations(pop, models_dir, alpha)
     prof, path, _ = cached_profile(lm, cache_dir=profile_dir)
     t_plan = time.perf_counter()
     terms = format_terms(lm, prof, specs, cache=Path(path).with_suffix(".terms.json"))

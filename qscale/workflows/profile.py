@@ -43,6 +43,26 @@ def load_calibration(target: str = "kld", models_dir: str | Path | None = None) 
     return ProfileCalibration.load(path)
 
 
+def calibrations(
+    pop: str, models_dir: str | Path | None = None, alpha: float = 0.1
+) -> tuple[ProfileCalibration, ProfileCalibration | None]:
+    """The population's KL calibration with its interval at level ``1 - alpha`` (the conformal quantile redone
+    from its stored leave-one-model-out residuals when ``alpha`` differs), and its dnll calibration if shipped."""
+    cal = load_calibration(calibration_name("kld", pop), models_dir)
+    if not math.isclose(cal.alpha, alpha):
+        import numpy as np
+
+        from qscale.laws.estimators import _conformal_q
+
+        cal.alpha = alpha
+        cal.q_ = _conformal_q(np.asarray(cal.lomo_abs_resid_), alpha)
+    try:
+        cal_dnll = load_calibration(calibration_name("dnll", pop), models_dir)
+    except LawError:  # dnll is a bonus
+        cal_dnll = None
+    return cal, cal_dnll
+
+
 def bits_per_weight(lm: Any, fmt: Any, exclude: Sequence[str] | None = None) -> float:
     """Average bits per quantized weight over the model's linear layers, partial trailing groups counted."""
     from qscale.lm.layers import linear_layers
@@ -148,18 +168,7 @@ def predict_model(
 
     lm = load(model) if isinstance(model, str) else model
     pop = population(lm.name)
-    cal = load_calibration(calibration_name("kld", pop), models_dir)
-    if not math.isclose(cal.alpha, alpha):
-        cal.alpha = alpha
-        import numpy as np
-
-        from qscale.laws.estimators import _conformal_q
-
-        cal.q_ = _conformal_q(np.asarray(cal.lomo_abs_resid_), alpha)
-    try:
-        cal_dnll = load_calibration(calibration_name("dnll", pop), models_dir)
-    except LawError:
-        cal_dnll = None
+    cal, cal_dnll = calibrations(pop, models_dir, alpha)
     t = time.perf_counter()
     prof, path, computed = cached_profile(lm, cache_dir=profile_dir)
     t_profile = time.perf_counter() - t
