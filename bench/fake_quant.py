@@ -31,6 +31,21 @@ with the outputs kept (as when quantizing a model) and streamed (each dropped at
 ``--baseline`` module's reference too, and records seconds, ratios and SHA-256 digests of the quantized
 bytes (so two versions of the kernels are checked bit-identical on all 106M weights) under ``--label`` in
 ``bench/results/fake_quant_cpu_model_shapes.json``. Results and discussion: ``bench/fake_quant.md``.
+
+CPU panel-shapes mode (issue 11, "fake-quant <= 2x copy", per format family on the real panel's shapes)::
+
+    python bench/fake_quant.py --cpu-panel-shapes --label after
+
+times, for every distinct linear-weight shape of SmolLM2-135M, Qwen2.5-Coder-0.5B and Qwen2.5-Coder-1.5B
+(widths 576, 896, 1536, 4864, 8960; fp32 N(0, 0.02)), one format per family (``PANEL_FAMILIES``) three ways,
+interleaved in one process: ``x.clone()``, ``fake_quant(fmt, x, backend="torch")`` (the fused CPU path where
+it is available) and ``reference.fake_quant_eager`` (the op-by-op torch reference, i.e. the code before the
+fused path: "before"); ``--reps`` rounds, each round timing every (shape, format) once in a shuffled order with
+its own copy timed right before it. Per shape and format it records the median of the per-round ratios to the
+copy and the ratio of the fastest runs (the least disturbed on a shared machine), per model the same over one
+decoder block's linears weighted by their count, the load average before and after, and whether the fused
+output equals the eager one bit for bit (signed zeros included). Results: ``bench/results/fake_quant_cpu.json``
+under ``--label``.
 """
 
 from __future__ import annotations
@@ -92,6 +107,24 @@ SMOLLM2_135M_LINEARS = (
     ("down_proj", (576, 1536)),
 )
 SMOLLM2_135M_LAYERS = 30
+#: One format per family for the panel-shapes mode (issue 11's families).
+PANEL_FAMILIES = {
+    "int-pc": "int4-pc",
+    "int-g128": "int4-g128",
+    "int-g128-asym": "int4-g128-asym",
+    "fp8-pc": "fp8-e4m3-pc",
+    "fp4-g32": "fp4-e2m1-g32",
+    "mxfp4-b32": "mxfp4-e2m1-b32",
+    "nf4-g64": "nf4-g64",
+    "cbrt4-g128": "cbrt4-g128",
+}
+#: The panel models' linear weights per decoder block: (out, in) -> count (q, k, v, o, gate, up, down).
+PANEL_BLOCKS = {
+    "smollm2-135m": {(576, 576): 2, (192, 576): 2, (1536, 576): 2, (576, 1536): 1},
+    "qwen2.5-coder-0.5b": {(896, 896): 2, (128, 896): 2, (4864, 896): 2, (896, 4864): 1},
+    "qwen2.5-coder-1.5b": {(1536, 1536): 2, (256, 1536): 2, (8960, 1536): 2, (1536, 8960): 1},
+}
+PANEL_LAYERS = {"smollm2-135m": 30, "qwen2.5-coder-0.5b": 24, "qwen2.5-coder-1.5b": 28}
 GPU_SHAPES = ((4096, 4096), (4096, 14336), (8192, 28672))
 SMALL_SHAPES = ((256, 512), (512, 1024))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -381,6 +414,165 @@ def run_model_shapes(args: argparse.Namespace) -> dict:
     return data
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical (signed zeros included), NaN matched by position only."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ia, ib = a.view(torch.int32), b.view(torch.int32)
+    return bool(((ia == ib) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def run_panel_shapes(args: argparse.Namespace) -> dict:
+    """Per family and real panel shape: fused and eager fake quant vs ``x.clone()``; merge into the JSON."""
+    import json
+    import random
+
+    from qscale.formats import get_format
+    from qscale.kernels import cpu_fused, fake_quant, fake_quant_with_sqnr
+    from qscale.kernels.reference import fake_quant_eager
+
+    torch.set_num_threads(args.threads)
+    if args.warm_malloc:
+        _keep_freed_memory()
+    load_before = os.getloadavg()
+    fused = cpu_fused.available()
+    families = {fam: get_format(spec) for fam, spec in PANEL_FAMILIES.items() if spec in args.formats}
+    shapes = sorted({sh for block in PANEL_BLOCKS.values() for sh in block}, key=lambda t: (t[1], t[0]))
+    gen = torch.Generator().manual_seed(0)
+    xs = {sh: torch.randn(sh, generator=gen) * 0.02 for sh in shapes}
+    ways = {"fused": lambda f, x: fake_quant(f, x, backend="torch")}
+    if args.eager:
+        ways["eager"] = fake_quant_eager
+    if args.sqnr:  # fake_quant_with_sqnr (what RTN calls): q plus the float64 signal / noise sums
+
+        def eager_sqnr(f, x):
+            os.environ[cpu_fused.ENV_VAR] = "0"
+            try:
+                return fake_quant_with_sqnr(f, x, backend="torch")[0]
+            finally:
+                del os.environ[cpu_fused.ENV_VAR]
+
+        ways["fused+sqnr"] = lambda f, x: fake_quant_with_sqnr(f, x, backend="torch")[0]
+        ways["eager+sqnr"] = eager_sqnr
+    same: dict[tuple, bool] = {}
+    for sh, x in xs.items():  # warm up (library build, LUT tables, allocator) and check the bits
+        for fam, f in families.items():
+            q = ways["fused"](f, x)
+            same[sh, fam] = _same_bits(q, fake_quant_eager(f, x)) if fused else True
+    times: dict[tuple, list[tuple[float, float]]] = {}
+    rng = random.Random(0)
+    keys = [(sh, fam, way) for sh in shapes for fam in families for way in ways]
+    for rep in range(args.reps):
+        rng.shuffle(keys)
+        for sh, fam, way in keys:
+            x, f, fn = xs[sh], families[fam], ways[way]
+            t0 = time.perf_counter()
+            y = x.clone()
+            tc = time.perf_counter() - t0
+            del y
+            t0 = time.perf_counter()
+            y = fn(f, x)
+            tq = time.perf_counter() - t0
+            del y
+            times.setdefault((sh, fam, way), []).append((tq, tc))
+        print(f"round {rep + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    load_after = os.getloadavg()
+
+    def summary(pairs: list[tuple[float, float]]) -> dict[str, float]:
+        return {
+            "median_ratio": round(statistics.median(q / c for q, c in pairs), 3),
+            "min_ratio": round(min(q for q, _ in pairs) / min(c for _, c in pairs), 3),
+            "median_s": round(statistics.median(q for q, _ in pairs), 6),
+            "min_s": round(min(q for q, _ in pairs), 6),
+            "copy_median_s": round(statistics.median(c for _, c in pairs), 6),
+            "copy_min_s": round(min(c for _, c in pairs), 6),
+        }
+
+    per_shape: dict[str, dict] = {}
+    for sh in shapes:
+        row: dict[str, dict] = {}
+        for fam in families:
+            row[fam] = {way: summary(times[sh, fam, way]) for way in ways}
+            row[fam]["bit_identical"] = same[sh, fam]
+        per_shape[f"{sh[0]}x{sh[1]}"] = row
+    per_model: dict[str, dict] = {}
+    for model, block in PANEL_BLOCKS.items():
+        row = {}
+        for fam in families:
+            cell: dict[str, object] = {}
+            for way in ways:
+                med = sum(n * statistics.median(q for q, _ in times[sh, fam, way]) for sh, n in block.items())
+                cmed = sum(
+                    n * statistics.median(c for _, c in times[sh, fam, way]) for sh, n in block.items()
+                )
+                fast = sum(n * min(q for q, _ in times[sh, fam, way]) for sh, n in block.items())
+                cfast = sum(n * min(c for _, c in times[sh, fam, way]) for sh, n in block.items())
+                cell[way] = {
+                    "median_ratio": round(med / cmed, 3),
+                    "min_ratio": round(fast / cfast, 3),
+                    "model_s_median": round(med * PANEL_LAYERS[model], 4),
+                    "model_s_min": round(fast * PANEL_LAYERS[model], 4),
+                }
+            row[fam] = cell
+        per_model[model] = row
+    print(f"\n{'family':14s} " + " ".join(f"{m:>24s}" for m in PANEL_BLOCKS))
+    for fam in families:
+        cells = []
+        for m in PANEL_BLOCKS:
+            c = per_model[m][fam]
+            e = c.get("eager", {}).get("median_ratio", float("nan"))
+            cells.append(f"{e:6.2f}x -> {c['fused']['median_ratio']:5.2f}x ({c['fused']['min_ratio']:4.2f})")
+        print(f"{fam:14s} " + " ".join(f"{c:>24s}" for c in cells))
+    print("(median of per-round ratios to x.clone(), eager -> fused; in brackets fastest / fastest copy)")
+    if args.sqnr:
+        for fam in families:
+            cells = [
+                f"{per_model[m][fam]['eager+sqnr']['median_ratio']:6.2f}x -> "
+                f"{per_model[m][fam]['fused+sqnr']['median_ratio']:5.2f}x"
+                for m in PANEL_BLOCKS
+            ]
+            print(f"{fam + ' +sqnr':14s} " + " ".join(f"{c:>24s}" for c in cells))
+    path = Path(args.out) if args.out else RESULTS / "fake_quant_cpu.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[args.label] = {
+        "measured_utc": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M}",
+        "command": "python bench/fake_quant.py " + " ".join(sys.argv[1:]),
+        "hardware": f"{os.cpu_count()}-vCPU {platform.machine()} VM, shared ({_device_name(torch.device('cpu'))})",
+        "cpu": _cpu_model(),
+        "load_avg_1_5_15_before": [round(v, 2) for v in load_before],
+        "load_avg_1_5_15_after": [round(v, 2) for v in load_after],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "reps": args.reps,
+        "warm_malloc": args.warm_malloc,
+        "fused_available": fused,
+        "fused_unavailable_reason": cpu_fused.unavailable_reason(),
+        "formats": {fam: str(f) for fam, f in families.items()},
+        "ways": {
+            "fused": "qscale.kernels.fake_quant(fmt, x, backend='torch') (fused C loops on CPU)",
+            "eager": "qscale.kernels.reference.fake_quant_eager (op-by-op torch: the code before)",
+            "fused+sqnr": "qscale.kernels.fake_quant_with_sqnr (q, float64 signal and noise sums)",
+            "eager+sqnr": f"the same with {cpu_fused.ENV_VAR}=0 (op-by-op torch: the code before)",
+        },
+        "models": per_model,
+        "shapes": per_shape,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path} [{args.label}]")
+    return data
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
@@ -396,6 +588,20 @@ def main(argv: list[str] | None = None) -> None:
         "--cpu-model-shapes",
         action="store_true",
         help="CPU: fake quant of SmolLM2-135M-shaped weights vs a copy of them (see the module docstring)",
+    )
+    p.add_argument(
+        "--cpu-panel-shapes",
+        action="store_true",
+        help="CPU: one format per family on every real panel weight shape, fused and eager vs x.clone()",
+    )
+    p.add_argument("--reps", type=int, default=15, help="panel-shapes mode: interleaved rounds")
+    p.add_argument(
+        "--no-eager", dest="eager", action="store_false", help="panel-shapes mode: skip the eager reference"
+    )
+    p.add_argument(
+        "--sqnr",
+        action="store_true",
+        help="panel-shapes mode: also time fake_quant_with_sqnr, fused and eager",
     )
     p.add_argument(
         "--layers", type=int, default=SMOLLM2_135M_LAYERS, help="model-shapes mode: decoder blocks"
@@ -427,6 +633,11 @@ def main(argv: list[str] | None = None) -> None:
         "--no-digest", dest="digest", action="store_false", help="model-shapes mode: skip the SHA-256"
     )
     args = p.parse_args(argv)
+    if args.cpu_panel_shapes:
+        if args.formats == list(DEFAULT_FORMATS):
+            args.formats = list(PANEL_FAMILIES.values())
+        run_panel_shapes(args)
+        return
     if args.cpu_model_shapes:
         args.device = "cpu"
         if args.formats == list(DEFAULT_FORMATS):

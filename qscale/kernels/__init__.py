@@ -12,7 +12,8 @@ Backend choice, first match wins:
 3. the environment variable ``QSCALE_KERNEL_BACKEND`` (``auto``, ``torch`` or ``triton``);
 4. ``"auto"``: Triton when the tensor is on CUDA, ``triton`` imports and
    ``qscale.kernels.triton_kernels`` exists (and does not raise ``NotImplementedError`` for the
-   format), else the torch reference (:mod:`qscale.kernels.reference`).
+   format), else the torch reference (:mod:`qscale.kernels.reference`), which runs CPU tensors through
+   the fused C loops of :mod:`qscale.kernels.cpu_fused` (same bits; ``QSCALE_CPU_FUSED=0`` for op-by-op torch).
 
 A forced ``"triton"`` with a CPU tensor or without Triton is an error, not a silent fallback.
 """

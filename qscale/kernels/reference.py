@@ -25,8 +25,16 @@ the ``(..., 1, n % span)`` view of that tail slice alone (its own scale; the rul
 sign copied back; division by a power of two is exact, so this is exact round-to-nearest-even
 including subnormals.
 
-How the CPU path is made fast without changing a bit (``tests/kernels/test_reference_fast.py`` checks it
-against a frozen copy of the straightforward version, signed zeros included; ``bench/fake_quant.md``):
+On CPU tensors :func:`fake_quant_reference` runs the fused C loops of :mod:`qscale.kernels.cpu_fused`
+(every format but the grouped ``-mse`` ones; built once with the system C compiler): the arithmetic below,
+in the same order, one read of each group for its scale and one for its output, 1-2x a copy on the panel's
+weight shapes instead of 3-19x. :func:`fake_quant_eager` is the op-by-op torch version (any device; the CPU
+fallback when there is no compiler or ``QSCALE_CPU_FUSED=0``); ``tests/kernels/test_reference_fast_fused.py``
+checks the two give the same bits. ``fake_quant_with_sqnr_reference`` builds its float64 terms in C too
+(same tensors, same torch sums).
+
+How the eager CPU path is made fast without changing a bit (``tests/kernels/test_reference_fast.py`` checks
+it against a frozen copy of the straightforward version, signed zeros included; ``bench/fake_quant.md``):
 
 * big tensors are processed in row chunks of about ``CHUNK_ELEMS`` elements (whole groups, so scales are
   unchanged; full and partial groups are strided views, not copies) with in-place elementwise ops writing
@@ -59,6 +67,7 @@ import torch
 
 from qscale.formats.core import MSE_CLIP_RATIOS, FloatFormat, Format, IntFormat, LUTFormat, MXFormat
 from qscale.formats.elements import E8M0_MAX_EXP, E8M0_MIN_EXP, MiniFloat
+from qscale.kernels import cpu_fused
 
 #: Elements per row chunk of the CPU path (fp32: 1 MiB), so a chunk and its temporaries stay in cache.
 CHUNK_ELEMS = 1 << 18
@@ -426,7 +435,28 @@ def _check_input(x: torch.Tensor) -> None:
 
 
 def fake_quant_reference(fmt: Format, x: torch.Tensor) -> torch.Tensor:
-    """Quantize-dequantize ``x`` in ``fmt`` (same shape and dtype; fp32 arithmetic)."""
+    """Quantize-dequantize ``x`` in ``fmt`` (same shape and dtype; fp32 arithmetic).
+
+    CPU tensors go through the fused C loops of :mod:`qscale.kernels.cpu_fused` when they are available and
+    cover ``fmt`` (the same bits, one pass); everything else through :func:`fake_quant_eager`.
+    """
+    _check_input(x)
+    if x.numel() == 0:
+        return x.clone()
+    if x.is_cpu:
+        kernel = cpu_fused.kernel_for(fmt)
+        if kernel is not None:
+            params = None
+            if fmt.per_tensor and isinstance(fmt, IntFormat) and fmt.clip != "absmax":
+                p = compute_params(fmt, x.reshape(-1).to(torch.float32), None)  # the -mse search stays here
+                params = (float(p.scale), 0.0 if p.zero is None else float(p.zero))
+            return cpu_fused.fake_quant_fused(fmt, x, params, kernel)
+    return fake_quant_eager(fmt, x)
+
+
+def fake_quant_eager(fmt: Format, x: torch.Tensor) -> torch.Tensor:
+    """:func:`fake_quant_reference` op by op in torch (any device): the specification the fused CPU loops
+    and the Triton kernels reproduce bit for bit."""
     _check_input(x)
     if x.numel() == 0:
         return x.clone()
@@ -509,6 +539,12 @@ def fake_quant_with_sqnr_reference(
     """``(q, signal, noise)``: q as :func:`fake_quant_reference`; float64 0-d sums over finite elements of
     ``x``: ``signal = sum x^2``, ``noise = sum (x - q)^2``. SQNR dB = 10 log10(signal / noise)."""
     q = fake_quant_reference(fmt, x)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and cpu_fused.available():
+        # the float64 terms x * x and (q - x)^2 built in one C pass: the same tensors as below, same sums
+        xx, dd = cpu_fused.sq_terms(x, q)
+        signal = xx.sum()
+        if _finite(signal):
+            return q, signal, dd.sum()
     xd = x.double()
     if not x.is_cuda and x.is_contiguous():
         # signal is finite iff every x is (a finite fp32 squared is < 2^256): then the masks below keep
@@ -529,6 +565,7 @@ __all__ = [
     "QParams",
     "apply_params",
     "compute_params",
+    "fake_quant_eager",
     "fake_quant_reference",
     "fake_quant_with_sqnr_reference",
     "floor_log2",
