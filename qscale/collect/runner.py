@@ -4,6 +4,16 @@ Both skip runs already finished ("ok") in the store, and runs that failed unless
 is written only by this process (the driver): local runs are committed one by one as they finish, Ray
 tasks return their rows and the driver commits them. Ctrl-C (SIGINT) asks the loop to stop after the
 current run; a second Ctrl-C interrupts at once.
+
+Both backends claim each run in the store's lease table right before measuring it (the Ray tasks ask the
+driver, see :mod:`qscale.collect.ray_backend`), so two ``qscale collect`` on one store never measure the same
+run; a run's lease is released when its row is written, and all of a collection's leases when it ends.
+
+Feature settings: a finished run is reused only if its features were measured the way the spec asks. The
+run key already holds the eval settings (the windows ``float_nll`` is scored on); the calibration batch that
+data-dependent features (cost "eval"/"hvp": ``top_eig``, ``qdir_*``, ...) get is recorded with each run
+(``provenance["feature_settings"]``), and a finished run recorded with another one is measured again in place
+(:func:`other_feature_settings`). Run keys do not change, so the committed stores keep theirs.
 """
 
 from __future__ import annotations
@@ -16,7 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from qscale.collect.loop import collect_model, model_signature
-from qscale.collect.spec import PlannedRun, SweepSpec, group_by_model, plan
+from qscale.collect.spec import (
+    CalibrationSpec,
+    PlannedRun,
+    SweepSpec,
+    data_features,
+    feature_calibration,
+    feature_settings,
+    group_by_model,
+    plan,
+    recorded_feature_settings,
+)
 from qscale.collect.store import RunStore
 
 BACKENDS = ("local", "ray")
@@ -43,6 +63,8 @@ class CollectResult:
     n_refilled: int = 0
     #: runs skipped because another live `qscale collect` on the same store holds them (counted in n_skipped)
     n_leased: int = 0
+    #: finished runs measured again because their features were measured with other settings
+    n_resettled: int = 0
 
     @property
     def runs_per_min(self) -> float:
@@ -91,15 +113,37 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def skip_keys(store: RunStore, retry_failed: bool, features: Sequence[str] = ()) -> frozenset[str]:
+def skip_keys(
+    store: RunStore,
+    retry_failed: bool,
+    features: Sequence[str] = (),
+    feature_calibration: CalibrationSpec | None = None,
+) -> frozenset[str]:
     """Keys not to measure again: every "ok" run, and every "error" run unless ``retry_failed``.
 
     Features are not part of the run key (adding one would re-key every stored run), so an "ok" run that
-    lacks any of ``features`` is *not* skipped: it is measured again with them (see :func:`lacking_features`).
+    lacks any of ``features`` is *not* skipped: it is measured again with them (see :func:`lacking_features`);
+    nor is one whose data-dependent features were measured with another calibration than
+    ``feature_calibration`` (:func:`other_feature_settings`).
     """
     ok = store.keys("ok")
-    stale = lacking_features(store, features)
+    stale = lacking_features(store, features) | other_feature_settings(store, features, feature_calibration)
     return frozenset((ok - stale) | (set() if retry_failed else store.keys("error")))
+
+
+def other_feature_settings(
+    store: RunStore, features: Sequence[str], calibration: CalibrationSpec | None
+) -> set[str]:
+    """Keys of "ok" runs whose data-dependent features were measured with another calibration record.
+
+    Empty when ``features`` has no data-dependent feature (then the calibration does not matter) or when
+    ``calibration`` is None (not checked). Runs stored before the record count as measured with the default
+    (:func:`qscale.collect.spec.recorded_feature_settings`).
+    """
+    if calibration is None or not data_features(features):
+        return set()
+    want = calibration.to_dict()
+    return {r["run_key"] for r in store.rows("ok") if recorded_feature_settings(r)["calibration"] != want}
 
 
 class _Claims:
@@ -107,6 +151,7 @@ class _Claims:
 
     ``key in claims`` is True (skip) for a run in the static ``skip`` set, a run another collection finished
     meanwhile, or one a live other collection holds; otherwise the run is claimed and False is returned.
+    The Ray backend asks the same question from its tasks through the driver (:meth:`claim`).
     """
 
     def __init__(
@@ -119,7 +164,7 @@ class _Claims:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.done = ("ok",) if retry_failed else ("ok", "error")
         self.n_leased = 0
-        self.refill = refill  # "ok" runs measured again for missing features: their ok row is not "done"
+        self.refill = refill  # "ok" runs measured again (missing features, other settings): not "done"
 
     def __contains__(self, key: object) -> bool:
         if key in self.skip:
@@ -128,6 +173,14 @@ class _Claims:
         if state == "leased":
             self.n_leased += 1
         return state != "claimed"
+
+    def claim(self, key: str) -> bool:
+        """Claim ``key`` for measuring: True when claimed, False when it is to be skipped."""
+        return key not in self
+
+    def release(self, key: str | None = None) -> None:
+        """Release the lease on ``key`` (every lease of this collection when None)."""
+        self.store.release(self.owner, key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.skip)
@@ -245,12 +298,15 @@ def collect(
         raise CollectError(f"unknown backend {backend!r}{hint}; valid backends: {', '.join(BACKENDS)}")
     runs = plan(spec, limit=limit)
     groups = group_by_model(runs)
-    skip = skip_keys(store, retry_failed, spec.features)
+    feature_calib = feature_calibration(spec)
+    # the calibration a run's data-dependent features get; None when the spec asks for none of them
+    settings_calib = feature_calib if data_features(spec.features) else None
     stale = lacking_features(store, spec.features)
+    resettled = other_feature_settings(store, spec.features, settings_calib) - stale
+    skip = skip_keys(store, retry_failed, spec.features, settings_calib)
     t0 = time.perf_counter()
-    counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0, "refilled": 0}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "load_s": 0.0, "refilled": 0, "resettled": 0}
     failures: list[str] = []
-    feature_calib = spec.calibrations[0] if spec.calibrations else None
 
     todo: dict[str, list[PlannedRun]] = {}
     for ref, model_runs in groups.items():
@@ -268,16 +324,20 @@ def collect(
             for _ in range(len(groups) - len(todo)):
                 bar.model()
 
-        claims = _Claims(store, skip, retry_failed, stale) if backend == "local" else None
+        claims = _Claims(store, skip, retry_failed, stale | resettled)
 
         def on_row(row: dict[str, Any]) -> None:
-            store.put(row)
+            config = row.get("config") or {}
+            prov = dict(row.get("provenance") or {})
+            prov["feature_settings"] = feature_settings(config.get("eval") or {}, settings_calib)
+            store.put({**row, "provenance": prov})
             counts[row["status"]] += 1
             if row["run_key"] in stale:
                 counts["refilled"] += 1
-            if claims is not None:
-                store.release(claims.owner, row["run_key"])
-                store.heartbeat(claims.owner)
+            elif row["run_key"] in resettled:
+                counts["resettled"] += 1
+            claims.release(row["run_key"])
+            store.heartbeat(claims.owner)
             bar.run(1, note=f"{row['model']} {row['format']}")
 
         def on_summary(summary: dict[str, Any], n_runs: int) -> None:
@@ -292,13 +352,12 @@ def collect(
             if not summary["stopped"]:
                 bar.model(note=summary["model_ref"])
 
-        if backend == "local":
-            dev = resolve_device(device)
-            from qscale.collect.provenance import provenance
+        try:
+            if backend == "local":
+                dev = resolve_device(device)
+                from qscale.collect.provenance import provenance
 
-            prov = provenance(dev)
-            assert claims is not None
-            try:
+                prov = provenance(dev)
                 for ref, model_runs in todo.items():
                     if flag():
                         break
@@ -314,27 +373,28 @@ def collect(
                         feature_calibration=feature_calib,
                     )
                     on_summary(summary, len(model_runs))
-            finally:
-                store.release(claims.owner)
-        else:
-            from qscale.collect.ray_backend import collect_ray
+            else:
+                from qscale.collect.ray_backend import collect_ray
 
-            def on_task_error(ref: str, err: BaseException) -> None:
-                failures.append(f"{ref}: {type(err).__name__}: {err}")
-                bar.print(f"[red]model task failed after retries:[/red] {failures[-1]}")
+                def on_task_error(ref: str, err: BaseException) -> None:
+                    failures.append(f"{ref}: {type(err).__name__}: {err}")
+                    bar.print(f"[red]model task failed after retries:[/red] {failures[-1]}")
 
-            collect_ray(
-                todo,
-                spec.features,
-                skip,
-                on_row,
-                on_summary,
-                flag,
-                on_task_error,
-                address=address,
-                device=device,
-                feature_calibration=feature_calib,
-            )
+                collect_ray(
+                    todo,
+                    spec.features,
+                    skip,
+                    on_row,
+                    on_summary,
+                    flag,
+                    on_task_error,
+                    address=address,
+                    device=device,
+                    feature_calibration=feature_calib,
+                    claims=claims,
+                )
+        finally:
+            claims.release()
 
     return CollectResult(
         n_planned=len(runs),
@@ -347,5 +407,6 @@ def collect(
         load_seconds=counts["load_s"],
         failures=tuple(failures),
         n_refilled=counts["refilled"],
-        n_leased=0 if claims is None else claims.n_leased,
+        n_leased=claims.n_leased,
+        n_resettled=counts["resettled"],
     )

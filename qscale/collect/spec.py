@@ -145,6 +145,58 @@ def run_key(config: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Feature settings: how a run's data-dependent features were measured
+# --------------------------------------------------------------------------------------------------------
+
+#: Feature costs that look at text (the float model's outputs): their values depend on the feature settings.
+DATA_COSTS = ("eval", "hvp")
+
+
+def data_features(features: Sequence[str]) -> list[str]:
+    """The names among ``features`` whose cost is one of :data:`DATA_COSTS` (``float_nll``, ``top_eig``, ...)."""
+    from qscale.collect.features import get_feature
+
+    return [n for n in features if get_feature(n).cost in DATA_COSTS]
+
+
+def feature_calibration(spec: SweepSpec) -> CalibrationSpec | None:
+    """The calibration record whose batch a sweep's data-dependent features get as ``ctx.calib``: the first
+    one (the default :class:`CalibrationSpec` when the spec names none)."""
+    return spec.calibrations[0] if spec.calibrations else None
+
+
+def feature_settings(
+    eval_settings: EvalSpec | Mapping[str, Any], calibration: CalibrationSpec | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """How a run's data-dependent features are measured: ``{"eval": ..., "calibration": ...}``.
+
+    ``eval`` is the run's evaluation record without ``batch_size`` (the windows ``float_nll`` / ``float_bpb``
+    are scored on; part of the run key), ``calibration`` the calibration record whose batch the features got
+    (``None`` when the run measured no data-dependent feature). Stored with each run as
+    ``provenance["feature_settings"]``, and with a law fitted on such runs as its manifest's ``feature_settings``.
+    """
+    ev = eval_settings.key_dict() if isinstance(eval_settings, EvalSpec) else dict(eval_settings)
+    if isinstance(calibration, CalibrationSpec):
+        calibration = calibration.to_dict()
+    return {"eval": ev, "calibration": None if calibration is None else dict(calibration)}
+
+
+def recorded_feature_settings(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The feature settings of a stored run: ``provenance["feature_settings"]`` when recorded.
+
+    Runs stored before the record get their own eval settings and the default :class:`CalibrationSpec`,
+    which is what the committed stores' data-dependent features used (``data/sweeps/demo.yaml`` names no
+    calibration; the other committed sweeps measure no data-dependent feature).
+    """
+    prov = row.get("provenance") or {}
+    rec = prov.get("feature_settings") if isinstance(prov, Mapping) else None
+    if isinstance(rec, Mapping):
+        return feature_settings(rec.get("eval") or {}, rec.get("calibration"))
+    config = row.get("config") or {}
+    return feature_settings(config.get("eval") or {}, CalibrationSpec())
+
+
+# --------------------------------------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------------------------------------
 
@@ -507,9 +559,11 @@ def _parse_features(value: Any, errors: list[str]) -> list[str]:
 
 
 def _needs_calibration(method_spec: Any) -> bool:
+    """Whether this method *with these parameters* needs calibration tokens (act-quant with static scales or
+    GPTQ weights does; with dynamic RTN it does not): ``Method.calibration_needed(params)``."""
     from qscale.quantize import get_method
 
-    return bool(getattr(get_method(method_spec.name), "needs_calibration", False))
+    return bool(get_method(method_spec.name).calibration_needed(method_spec.param_dict))
 
 
 def plan(spec: SweepSpec, limit: int | None = None) -> list[PlannedRun]:

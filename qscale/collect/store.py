@@ -25,7 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STORE = Path("data/runs.sqlite")
+from qscale.paths import repo_path
+
+
+def default_store() -> Path:
+    """The repository's run store, ``data/runs.sqlite`` (:func:`qscale.paths.repo_path`)."""
+    return repo_path("data/runs.sqlite", option="--store")
+
 
 STATUSES = ("ok", "error")
 
@@ -151,25 +157,41 @@ class RunStore:
     {'ab12': 'ok'}
     """
 
-    def __init__(self, path: str | Path = DEFAULT_STORE, *, readonly: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None, *, readonly: bool = False):
+        self.path = Path(path) if path is not None else default_store()
         self.readonly = readonly
         if readonly and not self.path.exists():
             raise StoreError(
                 f"no run store at {self.path}; collect runs first (qscale collect SPEC --store ...)"
             )
-        _check_foreign(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
-        )
+        _check_foreign(self.path, readonly=readonly)
+        if readonly:  # a true read-only open: nothing written, no lock taken (many readers at once are fine)
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=60.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
+            )
         self._conn.row_factory = sqlite3.Row
         try:
-            _check_schema(self._conn, self.path)
+            _check_schema(self._conn, self.path, readonly=readonly)
         except BaseException:
             self._conn.close()
             raise
         self._conn.execute("PRAGMA busy_timeout = 60000")
+        if readonly:
+            try:
+                self._check_readable_version()
+            except BaseException:
+                self._conn.close()
+                raise
+            return
         mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # e.g. a file on a filesystem without shared memory
             raise StoreError(f"{self.path}: cannot switch the store to WAL mode (got {mode!r})")
@@ -209,6 +231,23 @@ class RunStore:
     @property
     def schema_version(self) -> int:
         return _read_version(self._conn)
+
+    def _check_readable_version(self) -> None:
+        """Read-only: the store must already be at this qscale's schema (migrating would write to it)."""
+        version = _read_version(self._conn)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this qscale's {SCHEMA_VERSION}; "
+                "upgrade qscale to read it"
+            )
+        if version == 0:
+            raise StoreError(f"{self.path} has a runs table but no schema version: not a qscale store")
+        raise StoreError(
+            f"{self.path} has schema version {version}, older than this qscale's {SCHEMA_VERSION}; open it once "
+            "for writing to migrate it (e.g. `qscale collect SPEC --store` it)"
+        )
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -455,8 +494,15 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 QSCALE_TABLES = frozenset({"runs", "schema_version", "model_cache", "run_leases"})
 
 
-def _check_foreign(path: Path) -> None:
-    """Refuse an existing non-empty file that is not SQLite, before SQLite touches it."""
+def _empty_store(path: Path) -> StoreError:
+    return StoreError(
+        f"{path} is empty, not a run store: collect runs into it first (qscale collect SPEC --store {path})"
+    )
+
+
+def _check_foreign(path: Path, readonly: bool = False) -> None:
+    """Refuse an existing non-empty file that is not SQLite, before SQLite touches it; opened read-only, an empty
+    file too (reading must not turn it into a store). Opened for writing, an empty file becomes a store."""
     if not path.exists():
         return
     if path.is_dir():
@@ -468,16 +514,21 @@ def _check_foreign(path: Path) -> None:
         raise StoreError(f"cannot read the run store {path}: {err.strerror or err}") from None
     if head and head != _SQLITE_MAGIC:
         raise StoreError(f"{path} is not a SQLite file: refusing to use it as a run store")
+    if not head and readonly:
+        raise _empty_store(path)
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a SQLite file that has tables but none of qscale's (nothing is written before this check)."""
+def _check_schema(conn: sqlite3.Connection, path: Path, readonly: bool = False) -> None:
+    """Refuse a SQLite file that has tables but none of qscale's, and read-only one without tables (nothing is
+    written before this check)."""
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
         raise StoreError(
             f"{path} is not a usable SQLite file ({err}): refusing to use it as a run store"
         ) from None
+    if not tables and readonly:
+        raise _empty_store(path)
     if tables and not (tables & QSCALE_TABLES):
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise StoreError(
@@ -489,7 +540,9 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 def _read_version(conn: sqlite3.Connection) -> int:
     try:
         r = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as err:
+        if "no such table" not in str(err):  # e.g. locked: a real error, not "no version"
+            raise
         return 0
     return int(r[0]) if r and r[0] is not None else 0
 

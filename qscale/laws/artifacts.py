@@ -6,6 +6,21 @@ Gaussian processes, ``model.skops``. Nothing is ever pickled and loading never r
   are checked against the class's parameters;
 * ``model.skops`` is loaded with an explicit trusted-types list (:data:`TRUSTED_SKOPS_TYPES`); a file
   naming any other type is refused before it is loaded, and the loaded object's type is checked.
+
+The manifest hashes every other file (``files``: name -> sha256), so a changed file fails verification.
+
+``feature_settings`` in the manifest say how the law's data-dependent features (cost "eval" / "hvp", e.g.
+``float_nll``, ``top_eig``) were measured for its training data, so a prediction measures them the same way::
+
+    "feature_settings": {
+      "eval": {"corpus": "enwiki_gensim", "split": "test", "protocol": "stride", "seq_len": 64, "max_tokens": 8192},
+      "calibration": {"corpus": "enwiki_gensim", "n_samples": 32, "seq_len": 256, "seed": 0}
+    }
+
+``eval`` is the run's evaluation record (``qscale.collect.spec.EvalSpec``; float_nll / float_bpb are the float
+model's scores on those windows), ``calibration`` the calibration record whose batch the features got as
+``ctx.calib`` (``CalibrationSpec``). A law without them (fitted before they were stored, or on a parquet/CSV
+export) is predicted with the collection defaults, and every such prediction says so in a warning.
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ TARGET_UNITS = {
     "delta_ppl": "ppl",
     "kld": "nats/token (KL to the float model)",
     "top1": "fraction of tokens",
+    "acc_drop": "accuracy points (0-100, baseline - quantized)",
 }
 
 
@@ -69,6 +85,9 @@ class Law:
     created: str = ""
     qscale_version: str = ""
     path: Path | None = None
+    #: how the data-dependent features of the training data were measured ({"eval": ..., "calibration": ...});
+    #: empty when unknown (see the module docstring)
+    feature_settings: dict = field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -108,6 +127,7 @@ def manifest_of(law: Law) -> dict:
     est = law.estimator
     from qscale import __version__
 
+    extra = {"feature_settings": _jsonable(law.feature_settings)} if law.feature_settings else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "name": law.name,
@@ -126,32 +146,104 @@ def manifest_of(law: Law) -> dict:
         "cv": _jsonable(law.cv),
         "qscale_version": law.qscale_version or __version__,
         "created": law.created or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **extra,
     }
 
 
+class ArtifactError(LawError):
+    """A law artifact cannot be written or read where it was asked for (disk full, read-only directory, a path
+    that is not a directory): one line naming the directory and the reason."""
+
+
 def save_law(law: Law, directory: str | Path) -> Path:
-    """Write the artifact; returns its directory."""
+    """Write the artifact; returns its directory.
+
+    The files are written into a hidden sibling directory and swapped in only when complete, so a failed write
+    (disk full, ...) raises :class:`ArtifactError` and leaves the law already at ``directory`` as it was.
+    """
+    import os
+    import shutil
+    import uuid
+
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     est = law.estimator
     if not hasattr(est, "features_"):
         raise LawError("cannot save an unfitted law")
-    (d / "params.json").write_text(json.dumps(_jsonable(est.get_state()), indent=1) + "\n")
-    skops_path = d / "model.skops"
-    files = ["params.json"]
-    if est.storage == "skops":
-        import skops.io as sio
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = d.with_name(f".{d.name}.tmp-{tag}")
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        (tmp / "params.json").write_text(json.dumps(_jsonable(est.get_state()), indent=1) + "\n")
+        files = ["params.json"]
+        if est.storage == "skops":
+            import skops.io as sio
 
-        sio.dump(est.model_, skops_path)
-        files.append("model.skops")
-    elif skops_path.exists():
-        skops_path.unlink()
-    manifest = manifest_of(law)
-    manifest["files"] = {f: _sha256_file(d / f) for f in files}
-    # the manifest goes last: a half-written artifact has no (or an old) manifest and fails verification
-    (d / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+            sio.dump(est.model_, tmp / "model.skops")
+            files.append("model.skops")
+        manifest = manifest_of(law)
+        manifest["files"] = {f: _sha256_file(tmp / f) for f in files}
+        # the manifest goes last: a half-written artifact has no manifest and is never listed or loaded
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        if d.exists():
+            old = d.with_name(f".{d.name}.old-{tag}")
+            d.rename(old)
+            tmp.rename(d)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(d)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = err.strerror or str(err)
+        raise ArtifactError(
+            f"cannot write law '{law.name}' to {d}: {why}; any law already there is unchanged"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     law.path = d
     return d
+
+
+def training_feature_settings(
+    source: str | Path, features: list[str] | tuple[str, ...], run_keys: object = None
+) -> dict:
+    """The ``feature_settings`` of a law fitted on the runs in store ``source`` (module docstring).
+
+    ``{}`` when none of ``features`` is data-dependent (nothing to reproduce) or when ``source`` is not a run
+    store (a parquet/CSV export keeps no settings: predictions then use the collection defaults and say so).
+    ``run_keys`` (e.g. the fit frame's ``run_key`` column) restricts the runs to those the law was fitted on.
+    Raises :class:`LawError` when those runs measured the features in more than one way: no single setting
+    would reproduce them.
+    """
+    from qscale.collect.spec import data_features, recorded_feature_settings
+    from qscale.laws.predict import _registered_name  # store column -> registered feature
+
+    data = data_features([n for n in dict.fromkeys(map(_registered_name, features)) if n is not None])
+    p = Path(source)
+    if not data or p.suffix in (".parquet", ".csv") or not p.is_file():
+        return {}
+    from qscale.collect.store import RunStore, StoreError, drop_superseded
+
+    keys = None if run_keys is None else {str(k) for k in run_keys}  # type: ignore[attr-defined]
+    try:
+        with RunStore(p, readonly=True) as store:
+            rows = drop_superseded(store.rows("ok"))
+    except StoreError as err:
+        raise LawError(str(err)) from None
+    seen: list[dict] = []
+    for row in rows:
+        if keys is not None and row["run_key"] not in keys:
+            continue
+        rec = recorded_feature_settings(row)
+        if rec not in seen:
+            seen.append(rec)
+    if len(seen) > 1:
+        raise LawError(
+            f"{p}: the runs measured {', '.join(data)} in {len(seen)} different ways (eval or calibration "
+            "settings); fit a law with these features on runs of one setting"
+        )
+    return seen[0] if seen else {}
 
 
 def _sha256_file(path: Path) -> str:
@@ -229,10 +321,23 @@ def resolve_law_dir(name_or_path: str | Path, models_dir: str | Path | None = No
 
 
 def list_laws(models_dir: str | Path | None = None) -> list[str]:
+    """Names of the law directories (with a manifest) under ``models_dir``; hidden ones (a save in progress)
+    are left out. A ``models_dir`` that is not a readable directory is an :class:`ArtifactError`."""
     base = Path(models_dir) if models_dir is not None else MODELS_DIR
     if not base.exists():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "manifest.json").exists())
+    try:
+        entries = list(base.iterdir())
+    except OSError as err:
+        raise ArtifactError(
+            f"laws directory {base}: {err.strerror or err} (give the directory that holds the laws)"
+        ) from None
+    return sorted(p.name for p in entries if not p.name.startswith(".") and (p / "manifest.json").exists())
+
+
+def read_manifest(name_or_path: str | Path, models_dir: str | Path | None = None) -> dict:
+    """A law's manifest as a dict; an unreadable or non-JSON manifest is a :class:`LawError` naming the law."""
+    return _read_manifest(resolve_law_dir(name_or_path, models_dir))
 
 
 def _load_skops(path: Path, expected: str):
@@ -284,6 +389,8 @@ def _load_verified(d: Path) -> Law:
     if est.storage == "skops":
         est.model_ = _load_skops(d / "model.skops", _SKOPS_MODEL_TYPES[est_name])
     training = manifest.get("training", {})
+    settings = manifest.get("feature_settings", {})
+    _check_feature_settings(settings, d)
     return Law(
         name=manifest.get("name", d.name),
         estimator=est,
@@ -296,4 +403,40 @@ def _load_verified(d: Path) -> Law:
         created=manifest.get("created", ""),
         qscale_version=manifest.get("qscale_version", ""),
         path=d,
+        feature_settings=settings,
     )
+
+
+#: The records ``feature_settings`` may hold, and the keys each may have.
+FEATURE_SETTING_KEYS = {
+    "eval": ("corpus", "split", "protocol", "seq_len", "max_tokens"),
+    "calibration": ("corpus", "n_samples", "seq_len", "seed"),
+}
+
+
+def _check_feature_settings(settings: object, d: Path) -> None:
+    """A manifest's ``feature_settings``: records named in :data:`FEATURE_SETTING_KEYS` of JSON scalars."""
+    if not isinstance(settings, dict):
+        raise LawError(f"{d.name}: manifest 'feature_settings' is not an object")
+    for rec, value in settings.items():
+        if rec not in FEATURE_SETTING_KEYS:
+            raise LawError(
+                f"{d.name}: unknown feature_settings record {rec!r}; valid: {', '.join(FEATURE_SETTING_KEYS)}"
+            )
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise LawError(f"{d.name}: feature_settings.{rec} is not an object")
+        bad = sorted(set(value) - set(FEATURE_SETTING_KEYS[rec]))
+        if bad:
+            raise LawError(
+                f"{d.name}: feature_settings.{rec} has unknown key(s) {bad}; "
+                f"valid: {', '.join(FEATURE_SETTING_KEYS[rec])}"
+            )
+        for k, v in value.items():
+            if k in ("corpus", "split", "protocol"):
+                ok = isinstance(v, str)
+            else:  # a count; max_tokens may be null (all windows)
+                ok = (isinstance(v, int) and not isinstance(v, bool)) or (k == "max_tokens" and v is None)
+            if not ok:
+                raise LawError(f"{d.name}: feature_settings.{rec}.{k} has an invalid value {v!r}")

@@ -4,7 +4,8 @@ Endpoints (all JSON unless noted)::
 
     GET  /                  the web page (static/index.html; its script and style are static/app.js, app.css)
     GET  /api/health        {"status": "ok" | "degraded", "version": ..., "laws": n, "bad_laws": [{name, reason}],
-                            "models": {...}}  (degraded: an artifact failed its hash check or load)
+                            "artifacts": {name: "verified" | "unverified" | "bad"}, "models": {...}}
+                            (degraded: an artifact failed its hash check or load; docs/security.md)
     GET  /api/laws          the manifests of the laws the service can use
     GET  /api/laws/{name}   one manifest
     GET  /api/formats       the format catalogue (spec, family, element bits, bits/element)
@@ -150,6 +151,7 @@ def create_app(
     )
     app.state.roots, app.state.pool, app.state.queue = roots, pool, queue
     cache: dict[str, Any] = {}
+    verified: dict[str, str] = {}  # law name -> "verified" | "unverified" (artifacts.verify_law), once loaded
     law_lock = threading.Lock()
 
     app.add_middleware(Guard, allowed_hosts=allowed_host_set(bind, allowed_hosts), max_body=max_body)
@@ -180,7 +182,9 @@ def create_app(
                         400, f"unknown law {shown!r}{hint}; available laws: {', '.join(known) or '(none)'}"
                     )
                 try:
+                    state = artifacts.verify_law(name, models_dir)
                     cache[name] = artifacts.load_law(name, models_dir)
+                    verified[name] = state
                 except LawError as err:  # a corrupt artifact: this law only, named, never a 500
                     raise HTTPException(400, f"law {name!r} cannot be used: {_law_reason(err)}") from None
             return cache[name]
@@ -199,6 +203,24 @@ def create_app(
             else:
                 good.append(n)
         return good, bad
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI schema, with the names of the laws this server can use as the enum of every law field
+        (a name outside it still answers the documented 400 naming the available laws)."""
+        import copy
+
+        schema = copy.deepcopy(base_openapi())
+        names, _bad = law_status()
+        if names:
+            schema["components"]["schemas"]["PredictRequest"]["properties"]["law"]["enum"] = names
+            for param in schema["paths"]["/api/laws/{name}"]["get"].get("parameters", []):
+                if param.get("name") == "name":
+                    param["schema"]["enum"] = names
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -220,6 +242,10 @@ def create_app(
             "version": __version__,
             "laws": len(good),
             "bad_laws": bad,
+            "artifacts": {
+                **{n: verified.get(n, "unverified") for n in good},
+                **{b["name"]: "bad" for b in bad},
+            },
             "models": {"cached": len(pool), "pending": queue.pending, "capacity": queue.capacity},
         }
 
@@ -403,14 +429,14 @@ def _predict_public(
         try:
             fmt = get_format(str(spec))
             bpe = float(fmt.bits_per_element)
-            (p,) = P.predict_formats(None, [None], law, alpha=req.alpha, **given, bpw=bpe)
+            (p,) = P.predict_formats(None, [str(spec)], law, alpha=req.alpha, **given)
         except ValueError as err:  # FormatError, LawError
             if len(specs) == 1:
                 raise
             skipped[str(spec)] = str(err)
             continue
         warns = list(p.warnings)
-        if fmt.family != "int":
+        if fmt.family != "int" and not any(f.startswith("eff_bits") for f in law.estimator.features_):
             warns.append(
                 f"law '{law.name}' was fitted on integer weight formats; {spec} ({fmt.family}) enters only "
                 f"through its {bpe:g} bits per weight"

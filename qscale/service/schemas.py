@@ -13,7 +13,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Largest number of format specs one request may name (a list, or a named set after expansion).
 MAX_FORMATS = 200
@@ -47,7 +47,7 @@ RANGES: dict[str, str] = {
 }
 #: Any other feature given in ``inputs``: what its value may be.
 FEATURE_RANGE = f"a finite number, or a category name of 1 to {MAX_STR} characters"
-_FEATURE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_FEATURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the whole name (fullmatch: no trailing newline either)
 
 
 def valid_range(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -70,7 +70,19 @@ Short = Annotated[str, Field(min_length=1, max_length=MAX_STR)]
 class Inputs(BaseModel):
     """Feature values given directly. Public laws derive their features from these."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    # the schema states what the validator below enforces on the extra (feature) entries
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        json_schema_extra={
+            "maxProperties": MAX_INPUTS,
+            "propertyNames": {"pattern": f"^{_FEATURE_NAME.pattern}$"},
+            "additionalProperties": {
+                "anyOf": [{"type": "number"}, {"type": "string", "minLength": 1, "maxLength": MAX_STR}],
+                "description": FEATURE_RANGE,
+            },
+        },
+    )
 
     params_b: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description=_d("params_b", "Model size in billions of parameters.")
@@ -93,13 +105,21 @@ class Inputs(BaseModel):
     method: Short | None = Field(None, description=_d("method", "Quantization method."))
     family: Short | None = Field(None, description=_d("family", "Model family, for exact N and D."))
 
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _integral(cls, v: Any) -> Any:
+        """JSON Schema's integer includes 128.0; strict mode alone would refuse it (booleans stay refused)."""
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            return int(v)
+        return v
+
     @model_validator(mode="after")
     def _check_extra(self) -> Inputs:
         extra = self.__pydantic_extra__ or {}
         if len(self.model_fields_set) + len(extra) > MAX_INPUTS:
             raise ValueError(f"at most {MAX_INPUTS} inputs")
         for k, v in extra.items():
-            if not _FEATURE_NAME.match(k):
+            if not _FEATURE_NAME.fullmatch(k):
                 raise ValueError(
                     f"input name {k[:70]!r} is not a feature name (lower-case letters, digits, _)"
                 )

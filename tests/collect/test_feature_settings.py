@@ -1,0 +1,122 @@
+"""Issue 15 item 11 follow-up: a finished run whose features were measured with other settings is not reused.
+
+Chosen: detect and re-measure (run keys unchanged). The eval settings are in the run key already; the
+calibration batch that data-dependent features get is recorded with each run (``provenance.feature_settings``)
+and a finished run recorded with another one is measured again, in place, and counted in ``n_resettled``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qscale.collect.runner import collect
+from qscale.collect.spec import CalibrationSpec, load_spec, parse_spec, plan
+from qscale.collect.store import RunStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spec(model: Path, calibration: dict | None):
+    raw = {
+        "models": [str(model)],
+        "formats": ["int8-pc"],
+        "eval": {"seq_len": 64, "max_tokens": 256},
+        "features": ["act_outliers"],  # cost "eval": looks at the calibration batch
+    }
+    if calibration is not None:
+        raw["calibration"] = calibration
+    return parse_spec(raw)
+
+
+def _outliers(row: dict) -> dict:
+    return {k: v for k, v in row["features"].items() if k.startswith("act_outliers")}
+
+
+def test_other_calibration_remeasures_the_finished_run_in_place(tiny_models, tmp_path):
+    a = {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": 0}
+    b = {**a, "seed": 1}
+    with RunStore(tmp_path / "r.sqlite") as st:
+        first = collect(_spec(tiny_models[0], a), st, progress=False, device="cpu")
+        (row1,) = st.rows("ok")
+        assert first.n_ok == 1
+        assert row1["provenance"]["feature_settings"] == {
+            "eval": {
+                "corpus": "enwiki_gensim",
+                "split": "test",
+                "protocol": "stride",
+                "seq_len": 64,
+                "max_tokens": 256,
+            },
+            "calibration": a,
+        }
+
+        again = collect(_spec(tiny_models[0], a), st, progress=False, device="cpu")
+        assert (again.n_ok, again.n_skipped, again.n_resettled) == (0, 1, 0)  # same settings: reused
+
+        other = collect(_spec(tiny_models[0], b), st, progress=False, device="cpu")
+        assert (other.n_ok, other.n_resettled, other.n_refilled) == (1, 1, 0)  # old code: skipped, 0 measured
+        (row2,) = st.rows("ok")
+        assert row2["run_key"] == row1["run_key"] and row2["attempts"] == 2  # same run, updated in place
+        assert row2["provenance"]["feature_settings"]["calibration"] == b
+        assert _outliers(row2) != _outliers(row1)  # really measured on the other batch
+        assert row2["metrics"]["nll"] == pytest.approx(
+            row1["metrics"]["nll"], rel=1e-9
+        )  # the run itself: same
+        assert st.leases() == []
+
+
+def test_runs_stored_before_the_record_count_as_the_default_calibration(tiny_models, tmp_path):
+    with RunStore(tmp_path / "r.sqlite") as st:
+        collect(_spec(tiny_models[0], None), st, progress=False, device="cpu")
+        with st._write() as conn:  # a row from before the record: no provenance.feature_settings
+            conn.execute("UPDATE runs SET provenance = json_remove(provenance, '$.feature_settings')")
+        assert "feature_settings" not in st.rows("ok")[0]["provenance"]
+        same = collect(_spec(tiny_models[0], None), st, progress=False, device="cpu")  # default calibration
+        assert (same.n_ok, same.n_skipped) == (0, 1)
+        changed = collect(
+            _spec(tiny_models[0], {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": 3}),
+            st,
+            progress=False,
+            device="cpu",
+        )
+        assert (changed.n_ok, changed.n_resettled) == (1, 1)
+
+
+def test_calibration_does_not_matter_without_data_dependent_features(tiny_models, tmp_path):
+    def spec(seed):
+        return parse_spec(
+            {
+                "models": [str(tiny_models[0])],
+                "formats": ["int8-pc"],
+                "eval": {"seq_len": 64, "max_tokens": 256},
+                "calibration": {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": seed},
+                "features": ["sqnr_db"],  # cost "weights": no calibration batch
+            }
+        )
+
+    with RunStore(tmp_path / "r.sqlite") as st:
+        collect(spec(0), st, progress=False, device="cpu")
+        assert st.rows("ok")[0]["provenance"]["feature_settings"]["calibration"] is None
+        res = collect(spec(5), st, progress=False, device="cpu")
+        assert (res.n_ok, res.n_skipped, res.n_resettled) == (0, 1, 0)
+
+
+def test_committed_stores_keep_their_keys_and_are_not_remeasured():
+    from qscale.collect.runner import other_feature_settings
+    from qscale.collect.spec import feature_calibration
+
+    for sweep, store in (("demo.yaml", "runs.sqlite"), ("tiny_methods.yaml", "runs_methods.sqlite")):
+        spec = load_spec(REPO / "data" / "sweeps" / sweep)
+        with RunStore(REPO / "data" / store, readonly=True) as st:
+            rows = st.rows("ok")
+            calib = feature_calibration(spec)
+            assert other_feature_settings(st, spec.features, calib) == set(), sweep
+        # the run key is what it was: every stored run is found again by planning its sweep
+        by_ref = {}
+        for r in rows:
+            by_ref[r["model_ref"]] = r["model_identity"]
+        planned = {run.key(by_ref[run.model]) for run in plan(spec) if run.model in by_ref}
+        assert {r["run_key"] for r in rows} <= planned, sweep
+    assert feature_calibration(load_spec(REPO / "data" / "sweeps" / "demo.yaml")) == CalibrationSpec()
