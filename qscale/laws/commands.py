@@ -41,7 +41,9 @@ def fit_cmd(
     ),
     ship: str | None = typer.Option(None, "--ship", help="Preset to save (default: lowest CV MAE)."),
     no_save: bool = typer.Option(False, "--no-save", help="Compare only; save nothing."),
-    alpha: float = typer.Option(0.1, "--alpha", help="Interval miscoverage (0.1 -> 90% intervals)."),
+    alpha: float = typer.Option(
+        0.1, "--alpha", min=0.01, max=0.5, help="Interval miscoverage (0.1 -> 90% intervals)."
+    ),
     models_dir: Path | None = typer.Option(
         None, "--models-dir", help="Where laws are saved (default models/)."
     ),
@@ -56,6 +58,10 @@ def fit_cmd(
 
     try:
         data = load_fit_data(runs=runs, public=public, target=target)
+    except (LawError, FileNotFoundError) as err:
+        _fail(str(err))
+        return
+    try:
         names = parse_estimators(estimator, data.kind)
         schemes = (cv,) if cv else DEFAULT_SCHEMES[data.kind]
         from qscale.laws.cv import group_column
@@ -155,9 +161,13 @@ def _parse_kv(items: list[str]) -> dict:
 def predict_cmd(
     law: str = typer.Option(..., "--law", help="Law name under models/ (see `qscale laws list`) or path."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Profile law: every layer's predicted KL."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress (profile law)."),
+    progress: bool | None = typer.Option(
+        None,
+        "--progress/--no-progress",
+        help="Show progress on stderr (profile law; default: on a terminal).",
+    ),
     model: str | None = typer.Option(None, "--model", help="Model: zoo:NAME, an HF directory or a .gguf."),
-    format: str | None = typer.Option(None, "--format", help="Format spec, e.g. int4-g128."),
+    format: str | None = typer.Option(None, "--format", "-f", help="Format spec, e.g. int4-g128."),
     formats: str | None = typer.Option(None, "--formats", help="A format set (all-4bit, ...) or comma list."),
     budget: float | None = typer.Option(
         None, "--budget", help="Recommend the cheapest format with hi <= budget."
@@ -176,7 +186,9 @@ def predict_cmd(
     baseline_ppl: float | None = typer.Option(
         None, "--baseline-ppl", help="Public laws: the fp16 perplexity, to also print delta-ppl."
     ),
-    alpha: float = typer.Option(0.1, "--alpha"),
+    alpha: float = typer.Option(
+        0.1, "--alpha", min=0.01, max=0.5, help="Interval miscoverage (0.1 -> 90% intervals)."
+    ),
     extrapolate: bool = typer.Option(
         False, "--extrapolate", help="Allow inputs far outside the training range."
     ),
@@ -247,6 +259,7 @@ def predict_cmd(
         return
     level = f"{1 - alpha:.0%}"
     p0 = preds[0]
+    typer.echo(f"law {p0.law} predicts {p0.target} ({p0.unit}), {level} intervals")
     # features equal for every format (model-level) print once; the rest print on each format's line
     shared = {k for k, v in p0.features.items() if all(p.features.get(k) == v for p in preds)}
     for p in preds:

@@ -16,7 +16,6 @@ inside the (1 - alpha) interval (nominal 0.90); for public data also ``mae_delta
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from scipy import stats
 from sklearn.base import clone
 
 from qscale.laws.estimators import LawError, LawEstimator
+from qscale.registry import unknown_name_message
 
 SCHEMES = ("family", "size", "table")
 
@@ -33,9 +33,7 @@ SCHEMES = ("family", "size", "table")
 def group_column(frame: pd.DataFrame, scheme: str) -> str:
     """The column whose values are held out together under ``scheme``."""
     if scheme not in SCHEMES:
-        close = difflib.get_close_matches(scheme, SCHEMES, n=1)
-        hint = f" -- did you mean '{close[0]}'?" if close else ""
-        raise LawError(f"unknown CV scheme '{scheme}'{hint}; choices: {', '.join(SCHEMES)}")
+        raise LawError(unknown_name_message(scheme, SCHEMES, "CV scheme"))
     candidates = {"family": ("family",), "size": ("size", "params_b", "n_nonembed"), "table": ("table_id",)}
     for col in candidates[scheme]:
         if col in frame.columns:

@@ -838,8 +838,11 @@ class GPLaw(_SklearnLaw):
         return mu, mu - half, mu + half
 
 
-#: Registry of estimator classes by name (artifacts refer to these names, never to import paths).
-ESTIMATOR_CLASSES: dict[str, type[LawEstimator]] = {
-    cls.name: cls
-    for cls in (LogLinearLaw, OuyangLaw, KumarLaw, SecondOrderLaw, OLSLaw, ForestLaw, BoostingLaw, GPLaw)
-}
+def __getattr__(name: str):
+    """``ESTIMATOR_CLASSES`` lives with the presets (:mod:`qscale.laws.registry`, the one estimator registry);
+    it is re-exported here for the code that still imports it from this module."""
+    if name == "ESTIMATOR_CLASSES":
+        from qscale.laws.registry import ESTIMATOR_CLASSES
+
+        return ESTIMATOR_CLASSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

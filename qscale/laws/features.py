@@ -35,6 +35,10 @@ _KNOWN = (
     FeatureInfo("bits", "bits", "none", "nominal weight bit width (public tables)"),
     FeatureInfo("bpw", "bits", "none", "bits per weight incl. scale overhead (public tables)"),
     FeatureInfo("group_size", "elements", "log", "quantization group size"),
+    FeatureInfo("log2_group", "bits", "log", "log2 of the group size (Chen et al. 2025; per-channel = 12)"),
+    FeatureInfo("eff_bits_gauss", "bits", "none", "format capacity: SQNR/6.02 on Gaussian weights"),
+    FeatureInfo("eff_bits_t5", "bits", "none", "format capacity: SQNR/6.02 on Student-t5 weights"),
+    FeatureInfo("baseline_acc", "accuracy points", "none", "accuracy of the unquantized model"),
     FeatureInfo("sqnr_db", "dB", "none", "weight signal-to-quantization-noise ratio, 10 log10(S/N)"),
     FeatureInfo("fmt_family", "category", "cat", "int | fp | mx | lut"),
     FeatureInfo("method", "category", "cat", "quantization algorithm (rtn, gptq, ...)"),
@@ -100,9 +104,11 @@ def zoo_table(frame: pd.DataFrame, ok_status: str = "ok") -> pd.DataFrame:
     needed = ["model", "family", "format", "dnll", "n_nonembed", "bits_per_element"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"run frame lacks columns {missing}; expected RunStore.to_frame() columns "
-            f"(docs/interfaces.md), got {sorted(frame.columns)}"
+        from qscale.laws.estimators import LawError
+
+        raise LawError(
+            f"not a run table: it lacks columns {missing}; expected the columns of RunStore.to_frame() / "
+            f"`qscale runs export` (docs/interfaces.md), got {sorted(frame.columns)}"
         )
     df = frame
     if "status" in df.columns:

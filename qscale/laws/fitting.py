@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qscale.laws.artifacts import MODELS_DIR, Law, data_hash, save_law
+from qscale.laws.artifacts import MODELS_DIR, Law, data_hash, save_law, training_feature_settings
 from qscale.laws.cv import compare, cross_validate, group_column
 from qscale.laws.estimators import LawError
 from qscale.laws.features import zoo_table
@@ -32,10 +32,21 @@ def load_runs(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise LawError(f"run store not found: {p}")
-    if p.suffix == ".parquet":
-        return pd.read_parquet(p)
-    if p.suffix == ".csv":
-        return pd.read_csv(p)
+    if p.suffix in (".parquet", ".csv"):
+        import pyarrow as pa
+
+        try:
+            return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+        except (
+            pd.errors.EmptyDataError,
+            pd.errors.ParserError,
+            UnicodeDecodeError,
+            pa.ArrowInvalid,
+            OSError,
+        ) as err:
+            raise LawError(
+                f"{p}: not a run table from `qscale runs export` ({type(err).__name__}: {err})"
+            ) from None
     from qscale.collect.store import RunStore, StoreError
 
     try:
@@ -58,7 +69,12 @@ def load_fit_data(
         from qscale.laws.public import DEFAULT_PUBLIC_CSV, public_fit_frame
 
         src = Path(public_csv) if public_csv else DEFAULT_PUBLIC_CSV
-        data = FitData("public", public_fit_frame(src), str(src), target)
+        from qscale.laws.public import TARGETS
+
+        tgt = target or "log_ppl_ratio"
+        if tgt not in TARGETS:
+            raise LawError(f"unknown public target '{tgt}'; choices: {', '.join(TARGETS)}")
+        data = FitData("public", public_fit_frame(src, target=tgt), str(src), target)
     else:
         raw = load_runs(runs)
         tgt = target or "dnll"
@@ -67,7 +83,10 @@ def load_fit_data(
             raise LawError(
                 f"{runs}: no finished runs to fit {tgt} on; collect some first (qscale collect SPEC --store {runs})"
             )
-        frame = zoo_table(raw)
+        try:
+            frame = zoo_table(raw)
+        except LawError as err:  # a table that is not a run table
+            raise LawError(f"{runs}: {err}") from None
         if frame.empty:
             raise LawError(
                 f"{runs}: no finished runs with a finite dnll"
@@ -145,6 +164,11 @@ def fit_law(
         source=data.source,
         cv=cv,
         created=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        feature_settings=(
+            training_feature_settings(data.source, list(est.features_), data.frame.get("run_key"))
+            if data.kind == "zoo"
+            else {}
+        ),
     )
     if save:
         save_law(law, Path(models_dir or MODELS_DIR) / name)

@@ -3,7 +3,15 @@
 Only the features the law needs are computed: format facts (bits per element, element bits, family) come
 from the format spec for free; model features come from
 ``qscale.collect.features.compute_features(lm, fmt, names)`` (imported lazily, so ``qscale.laws`` never
-imports torch), each reported with its cost class ("free", "weights", "eval", "hvp").
+imports torch), each reported with its cost class ("free", "weights", "eval", "hvp"). Model-level features
+are computed once per model, however many formats are asked for.
+
+Data-dependent features (cost "eval" / "hvp": ``float_nll``, ``top_eig``, ``qdir_*``, ...) are measured
+exactly as they were for the law's training data: on the evaluation windows and with the calibration batch
+stored in the law's ``feature_settings`` (:mod:`qscale.laws.artifacts`). A law without stored settings gets
+the collection defaults (:class:`qscale.collect.spec.EvalSpec` / ``CalibrationSpec``), and its predictions
+say so in a warning. A model with fewer positions than the law's evaluation windows is refused with a
+:class:`LawError` (its feature could not be measured the way the law was trained).
 
 Public-data laws need no model: ``predict(law="public-...", params_b=7, bits=4, method="gptq")``
 (``group_size`` adds the 16/g bits of an fp16 scale per group; ``bpw`` overrides).
@@ -106,6 +114,12 @@ def _public_inputs(given: dict[str, Any], needed: list[str], warns: list[str]) -
     for k in ("n_nonembed", "train_tokens"):
         if k in needed and k not in vals and facts is not None and not math.isnan(facts[k]):
             vals[k] = facts[k]
+    if "train_tokens" in needed and "train_tokens" not in vals and fam is not None and "params_b" in vals:
+        from qscale.laws.public import train_tokens
+
+        d, _ = train_tokens(str(fam), float(vals["params_b"]))
+        if not math.isnan(d):
+            vals["train_tokens"] = d
     if "n_nonembed" in needed and "n_nonembed" not in vals and "params_b" in vals:
         vals["n_nonembed"] = float(vals["params_b"]) * 1e9
         warns.append("n_nonembed taken as params_b * 1e9 (nominal size; give family= for exact counts)")
@@ -113,10 +127,30 @@ def _public_inputs(given: dict[str, Any], needed: list[str], warns: list[str]) -
         g = vals.get("group_size")
         extra = 16.0 / float(g) if g not in (None, "", 0) else 0.0
         vals["bpw"] = float(vals["bits"]) + extra
+    cap = [c for c in ("eff_bits_gauss", "eff_bits_t5", "log2_group") if c in needed and c not in vals]
+    if cap and "bits" in vals:  # no format given: the integer format of these bits and group (symmetric)
+        g = vals.get("group_size")
+        spec = f"int{int(float(vals['bits']))}-" + (f"g{int(float(g))}" if g not in (None, "", 0) else "pc")
+        for k, v in _public_format_facts(spec).items():
+            if k in cap:
+                vals[k] = v
+        warns.append(f"format capacity taken from {spec} (give format= for another datatype)")
     if "method" in vals:
         raw = str(vals["method"])
         vals["method"] = normalise_method(raw) if normalise_method(raw) != "other" else raw.lower()
     return vals
+
+
+def _public_format_facts(spec: str) -> dict[str, Any]:
+    """What a public law reads off a format: bits per weight, capacity (effective bits on Gaussian and t5
+    weights, qscale's kernels) and log2 of the group size. int4-g128 -> bpw 4.125, eff_bits_gauss 3.09."""
+    from qscale.formats import get_format
+    from qscale.laws.public import _spec_group, format_capacity
+
+    fmt = get_format(spec)
+    group, per_channel = _spec_group(str(fmt))
+    log2g = math.log2(group) if group > 0 else (12.0 if per_channel else math.nan)
+    return {"bpw": float(fmt.bits_per_element), **format_capacity(str(fmt)), "log2_group": log2g}
 
 
 def _format_facts(fmt_spec: str) -> tuple[Any, dict[str, Any]]:
@@ -165,10 +199,14 @@ def _finish(
     lo = float(pi["lo"])
     if est.target in NONNEGATIVE_TARGETS:  # a symmetric (conformal) band must not promise a negative KL
         lo = max(lo, 0.0)
+    hi, value = float(pi["hi"]), float(pi["pred"])
+    if est.target == "acc_drop" and "baseline_acc" in values:  # cannot lose more than the whole accuracy
+        top = float(values["baseline_acc"])
+        hi, value = min(hi, top), min(value, top)
     return Prediction(
-        value=float(pi["pred"]),
+        value=value,
         lo=lo,
-        hi=float(pi["hi"]),
+        hi=hi,
         unit=TARGET_UNITS.get(est.target, "?"),
         law=law.name,
         target=est.target,
@@ -233,6 +271,7 @@ def predict_formats(
     if lw.kind == "public":
         base = _public_inputs(base, needed, warns)
     lm = None
+    settings: _Measurement | None = None
     cache: dict[str, Any] = {}
     out = []
     for spec in formats:
@@ -253,6 +292,24 @@ def predict_formats(
                 if k in needed and k not in values:
                     values[k] = v
                     costs[k] = "free"
+        elif spec is not None and lw.kind == "public":
+            try:
+                facts = _public_format_facts(spec)
+            except ValueError as err:  # FormatError
+                if skipped is None:
+                    raise
+                skipped[str(spec)] = str(err)
+                continue
+            clash = sorted(k for k in ("bits", "bpw", "group_size") if k in given)
+            if clash:
+                raise LawError(
+                    f"give either a format or {clash}, not both: the format sets the bits per weight"
+                )
+            bits = facts["bpw"]
+            for k, v in facts.items():
+                if k not in values:
+                    values[k] = v
+                    costs[k] = "free"
         todo = [f for f in needed if f not in values]
         if todo and lw.kind != "public":  # public laws have no model to compute from: _finish names them
             if model is None:
@@ -265,12 +322,12 @@ def predict_formats(
                 if reg is None:
                     raise LawError(f"feature '{col}' of law '{lw.name}' is not a registered qscale feature")
                 names.append(reg)
+            names = list(dict.fromkeys(names))
             if lm is None:
                 lm = _load_model(model)
-            from qscale.collect.features import compute_features
-
+                settings = _measurement(lw, names, lm, warns)
             try:
-                computed = compute_features(lm, fmt, list(dict.fromkeys(names)), cache=cache)
+                computed = _compute(lm, fmt, names, settings, cache)
             except ValueError as err:  # FormatError / FeatureError are ValueErrors
                 if skipped is None:
                     raise
@@ -282,6 +339,101 @@ def predict_formats(
                     costs[col] = _cost_of(col)
         name = model if isinstance(model, str) else getattr(model, "name", None)
         out.append(_finish(lw, values, costs, list(warns), alpha, extrapolate, name, spec, bits))
+    return out
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    """How data-dependent features are measured for a law: eval windows and the calibration record."""
+
+    eval: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+
+
+def _context_length(lm: Any) -> int | None:
+    cfg = getattr(getattr(lm, "model", None), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 1:
+            return v
+    return None
+
+
+def _measurement(law: Law, names: list[str], lm: Any, warns: list[str]) -> _Measurement:
+    """The law's feature settings for the data-dependent features among ``names`` (module docstring)."""
+    from qscale.collect.spec import CalibrationSpec, EvalSpec, data_features
+
+    data = data_features(names)
+    if not data:
+        return _Measurement()
+    stored = law.feature_settings or {}
+    ev, calib = stored.get("eval"), stored.get("calibration")
+    origin = "as for its training data"
+    if ev is None:
+        origin = "the collection defaults: the law does not store its feature settings"
+        ev = EvalSpec().window_kwargs()
+        calib = CalibrationSpec().to_dict()
+        warns.append(
+            f"law '{law.name}' does not store how its features were measured: {', '.join(data)} computed "
+            f"with the collection defaults ({_describe(ev, calib)})"
+        )
+    try:  # the same records the collection used: unknown keys or bad values are the artifact's fault
+        ev = EvalSpec(**ev).window_kwargs()
+        calib = None if calib is None else CalibrationSpec(**calib).to_dict()
+    except TypeError as err:
+        raise LawError(f"law '{law.name}': unusable feature_settings ({err})") from None
+    ctx = _context_length(lm)
+    if ctx is not None and ev["seq_len"] > ctx:
+        raise LawError(
+            f"law '{law.name}' measures {', '.join(data)} on {ev['seq_len']}-token windows ({origin}), but "
+            f"this model has {ctx} positions; use a law fitted on models with at least {ev['seq_len']} positions"
+        )
+    return _Measurement(eval=ev, calibration=calib)
+
+
+def _describe(ev: dict[str, Any], calib: dict[str, Any] | None) -> str:
+    tokens = "all" if ev.get("max_tokens") is None else f"{ev['max_tokens']}"
+    text = (
+        f"eval {ev['corpus']} {ev['split']}, {ev['protocol']} {ev['seq_len']}-token windows, {tokens} tokens"
+    )
+    if calib is not None:
+        text += (
+            f"; calibration {calib['corpus']} {calib['n_samples']} x {calib['seq_len']}, seed {calib['seed']}"
+        )
+    return text
+
+
+def _compute(
+    lm: Any, fmt: Any, names: list[str], settings: _Measurement | None, cache: dict[str, Any]
+) -> dict[str, float]:
+    """``names`` of ``lm`` (and ``fmt``) measured with ``settings``. Model-level features are computed once
+    per model (kept in ``cache``), model-format ones once per format."""
+    from qscale.collect.features import compute_features, get_feature
+
+    settings = settings or _Measurement()
+    done: dict[str, dict[str, float]] = cache.setdefault("predict:model_features", {})
+    model_todo = [n for n in names if get_feature(n).level == "model" and n not in done]
+    format_todo = [n for n in names if get_feature(n).level != "model"]
+    calib = None
+    if settings.calibration is not None and (model_todo or format_todo):
+        key = "predict:calibration"
+        if key not in cache:
+            from qscale.corpora import calibration_batch
+
+            c = settings.calibration
+            cache[key] = calibration_batch(lm.tokenizer, c["corpus"], c["n_samples"], c["seq_len"], c["seed"])
+        calib = cache[key]
+
+    def measure(fmt_: Any, todo: list[str]) -> dict[str, float]:
+        return compute_features(lm, fmt_, todo, calib=calib, eval=settings.eval, cache=cache)
+
+    for n in model_todo:
+        done[n] = measure(None, [n])
+    out: dict[str, float] = {}
+    for n in names:
+        out.update(done.get(n, {}))
+    if format_todo:
+        out.update(measure(fmt, format_todo))
     return out
 
 

@@ -7,7 +7,6 @@ kind; ``estimator_names(kind)`` lists what exists; a typo gets "did you mean ...
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from qscale.laws.estimators import (
     OuyangLaw,
     SecondOrderLaw,
 )
+from qscale.registry import lookup
 
 KINDS = ("zoo", "public")
 
@@ -70,115 +70,159 @@ def _extra(frame: pd.DataFrame | None, kind: DataKind) -> list[str]:
     return _present(frame, ZOO_OPTIONAL)
 
 
-Factory = Callable[[DataKind, "pd.DataFrame | None"], LawEstimator]
-
-
 def _common(k: DataKind) -> dict:
     return {"target": k.target, "target_scale": k.target_scale}
 
 
-_PRESETS: dict[str, tuple[str, Factory]] = {
-    "bits-only": (
+Params = Callable[[DataKind, "pd.DataFrame | None"], dict]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named estimator: its class, its parameters for a data kind (and the frame's optional columns), and the
+    columns it needs that not every kind of data has."""
+
+    description: str
+    cls: type[LawEstimator]
+    params: Params
+    needs: tuple[str, ...] = ()  # columns public tables do not have (sqnr_db, qdir_pred_dloss)
+    public_only: bool = False  # built on public-table columns (format capacity, group size)
+
+    def make(self, k: DataKind, frame: pd.DataFrame | None) -> LawEstimator:
+        return self.cls(**self.params(k, frame), **_common(k))
+
+
+#: THE estimator registry: preset name -> :class:`Preset`. Artifacts name the class (:data:`ESTIMATOR_CLASSES`,
+#: derived from this table); users name the preset.
+PRESETS: dict[str, Preset] = {
+    "bits-only": Preset(
         "baseline: log damage linear in bits per weight",
-        lambda k, f: LogLinearLaw(features=(k.bits,), **_common(k)),
+        LogLinearLaw,
+        lambda k, f: {"features": (k.bits,)},
     ),
-    "sqnr-only": (
+    "sqnr-only": Preset(
         "baseline: log damage linear in SQNR (dB)",
-        lambda k, f: LogLinearLaw(features=("sqnr_db",), **_common(k)),
+        LogLinearLaw,
+        lambda k, f: {"features": ("sqnr_db",)},
+        needs=("sqnr_db",),
     ),
-    "size-bits": (
+    "size-bits": Preset(
         "log damage linear in log N and bits (+ format family / method)",
-        lambda k, f: LogLinearLaw(features=(k.n, k.bits, k.category), **_common(k)),
+        LogLinearLaw,
+        lambda k, f: {"features": (k.n, k.bits, k.category)},
     ),
-    "ouyang-published": (
+    "ouyang-published": Preset(
         "Ouyang et al. 2024 with the published Pythia/GPTQ constants (not refitted)",
-        lambda k, f: OuyangLaw(features=(k.n, k.d, k.bits), use_published=True, **_common(k)),
+        OuyangLaw,
+        lambda k, f: {"features": (k.n, k.d, k.bits), "use_published": True},
     ),
-    "ouyang": (
+    "ouyang": Preset(
         "Ouyang et al. 2024 form k D^a / (N^b P^c), refitted",
-        lambda k, f: OuyangLaw(features=(k.n, k.d, k.bits), **_common(k)),
+        OuyangLaw,
+        lambda k, f: {"features": (k.n, k.d, k.bits)},
     ),
-    "kumar": (
+    "kumar": Preset(
         "Kumar et al. 2024 form C D^gD / N^gN exp(-P/g), refitted",
-        lambda k, f: KumarLaw(features=(k.n, k.d, k.bits), **_common(k)),
+        KumarLaw,
+        lambda k, f: {"features": (k.n, k.d, k.bits)},
     ),
-    "second-order": (
+    "second-order": Preset(
         "qscale: c N^-b 10^(-d SQNR/10) (x curvature^a when measured)",
-        lambda k, f: SecondOrderLaw(
-            features=("sqnr_db", k.n, *_present(f, ("trace_per_param",))), **_common(k)
-        ),
+        SecondOrderLaw,
+        lambda k, f: {"features": ("sqnr_db", k.n, *_present(f, ("trace_per_param",)))},
+        needs=("sqnr_db",),
     ),
-    "second-order-direct": (
+    "second-order-direct": Preset(
         "qscale: the measured second-order change g.D + 1/2 D^T H D along Q(W) - W, calibrated (+ SQNR)",
-        lambda k, f: LogLinearLaw(features=("qdir_pred_dloss", "sqnr_db"), **_common(k)),
+        LogLinearLaw,
+        lambda k, f: {"features": ("qdir_pred_dloss", "sqnr_db")},
+        needs=("qdir_pred_dloss", "sqnr_db"),
     ),
-    "ols": (
+    "capacity-only": Preset(
+        "baseline: log damage linear in the format's effective bits (SQNR/6.02 on Gaussian weights)",
+        LogLinearLaw,
+        lambda k, f: {"features": ("eff_bits_gauss",)},
+        public_only=True,
+    ),
+    "rate-distortion": Preset(
+        "damage ~ N^-a 4^(-P_eff) per method: log damage linear in log N and effective bits",
+        LogLinearLaw,
+        lambda k, f: {"features": (k.n, "eff_bits_gauss", k.category)},
+        public_only=True,
+    ),
+    "rate-distortion-d": Preset(
+        "rate-distortion with training tokens: N^-a D^b exp(-c P_eff) per method",
+        LogLinearLaw,
+        lambda k, f: {"features": (k.n, k.d, "eff_bits_gauss", k.category)},
+        public_only=True,
+    ),
+    "chen": Preset(
+        "Chen et al. 2025 (arXiv 2505.14302) k D^gD (log2 G)^gG / N^gN, with exp(-c P) for the bits",
+        LogLinearLaw,
+        lambda k, f: {"features": (k.n, k.d, k.bits, "log2_group")},
+        public_only=True,
+    ),
+    "ols": Preset(
         "statsmodels OLS on asinh-log damage",
-        lambda k, f: OLSLaw(
-            features=(
+        OLSLaw,
+        lambda k, f: {
+            "features": (
                 ("sqnr_db", k.n, k.bits, k.category, *_present(f, ("trace_per_param",)))
                 if k.name == "zoo"
                 else (k.n, k.bits, k.category)
-            ),
-            **_common(k),
-        ),
+            )
+        },
     ),
-    "forest": (
+    "forest": Preset(
         "random forest (Xu et al. 2024 style), conformal intervals",
-        lambda k, f: ForestLaw(features=_flex(k, f), **_common(k)),
+        ForestLaw,
+        lambda k, f: {"features": _flex(k, f)},
     ),
-    "boosting": (
+    "boosting": Preset(
         "gradient boosting, conformal intervals",
-        lambda k, f: BoostingLaw(features=_flex(k, f), **_common(k)),
+        BoostingLaw,
+        lambda k, f: {"features": _flex(k, f)},
     ),
-    "gp": (
+    "gp": Preset(
         "Gaussian process, native predictive intervals",
-        lambda k, f: GPLaw(features=_flex(k, f), **_common(k)),
+        GPLaw,
+        lambda k, f: {"features": _flex(k, f)},
     ),
 }
+
+#: Estimator classes by their ``name`` (what an artifact records), derived from :data:`PRESETS`.
+ESTIMATOR_CLASSES: dict[str, type[LawEstimator]] = {p.cls.name: p.cls for p in PRESETS.values()}
 
 
 def _flex(k: DataKind, frame: pd.DataFrame | None) -> tuple[str, ...]:
     if k.name == "zoo":
         base = ["sqnr_db", k.n, k.bits, "element_bits", k.category, *_present(frame, ("train_tokens",))]
         return tuple(dict.fromkeys(base + _extra(frame, k)))
-    return (k.n, k.bits, k.category)
-
-
-#: Estimators that need columns a kind of data does not have.
-_NEEDS = {
-    "sqnr-only": ("sqnr_db",),
-    "second-order": ("sqnr_db",),
-    "second-order-direct": ("qdir_pred_dloss", "sqnr_db"),
-}
+    # accuracy can only fall as far as the float model stands above chance: its accuracy is a feature
+    extra = ("baseline_acc",) if k.target == "acc_drop" else ()
+    return (k.n, "eff_bits_gauss", "eff_bits_t5", k.bits, k.category, *extra)
 
 
 def estimator_names(kind: str | None = None) -> list[str]:
     """Preset names; with ``kind``, only those applicable to that data kind."""
-    names = list(_PRESETS)
+    names = list(PRESETS)
     if kind == "public":
-        names = [n for n in names if "sqnr_db" not in _NEEDS.get(n, ())]
+        names = [n for n in names if "sqnr_db" not in PRESETS[n].needs]
+    elif kind == "zoo":
+        names = [n for n in names if not PRESETS[n].public_only]
     return names
 
 
 def describe(name: str) -> str:
-    return _PRESETS[_check_name(name)][0]
+    return _preset(name).description
 
 
-def _check_name(name: str) -> str:
-    if name not in _PRESETS:
-        close = difflib.get_close_matches(name, list(_PRESETS), n=1)
-        hint = f" -- did you mean '{close[0]}'?" if close else ""
-        raise LawError(f"unknown estimator '{name}'{hint}; choices: {', '.join(_PRESETS)}")
-    return name
+def _preset(name: str) -> Preset:
+    return lookup(PRESETS, name, what="estimator", error=LawError)
 
 
 def data_kind(kind: str) -> DataKind:
-    if kind not in DATA_KINDS:
-        close = difflib.get_close_matches(kind, list(DATA_KINDS), n=1)
-        hint = f" -- did you mean '{close[0]}'?" if close else ""
-        raise LawError(f"unknown data kind '{kind}'{hint}; choices: {', '.join(DATA_KINDS)}")
-    return DATA_KINDS[kind]
+    return lookup(DATA_KINDS, kind, what="data kind", error=LawError)
 
 
 def make_estimator(
@@ -186,13 +230,20 @@ def make_estimator(
 ) -> LawEstimator:
     """An unfitted estimator preset for a data kind; optional feature columns are taken from ``frame``;
     ``target`` overrides the kind's default target column."""
-    _check_name(name)
+    preset = _preset(name)
     k = data_kind(kind)
     if target is not None:
         k = dataclasses.replace(k, target=target)
-    if kind == "public" and name in _NEEDS:
-        raise LawError(f"estimator '{name}' needs {_NEEDS[name]}, which public tables do not have")
-    return _PRESETS[name][1](k, frame)
+    if kind == "public":
+        from qscale.laws.public import TARGETS
+
+        if k.target in TARGETS:  # each public target has its own scale (accuracy points vs nats)
+            k = dataclasses.replace(k, target_scale=TARGETS[k.target].scale)
+    if kind == "public" and preset.needs:
+        raise LawError(f"estimator '{name}' needs {preset.needs}, which public tables do not have")
+    if kind == "zoo" and preset.public_only:
+        raise LawError(f"estimator '{name}' needs public-table columns (format capacity, group size)")
+    return preset.make(k, frame)
 
 
 def parse_estimators(spec: str, kind: str) -> list[str]:
@@ -205,5 +256,5 @@ def parse_estimators(spec: str, kind: str) -> list[str]:
             "no estimator given; use 'all' or a comma list of: " + ", ".join(estimator_names(kind))
         )
     for n in names:
-        _check_name(n)
+        _preset(n)
     return names

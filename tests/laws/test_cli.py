@@ -56,9 +56,9 @@ def test_fit_public_list_show_predict(tmp_path):
 
 def test_cli_errors_are_clear(tmp_path):
     r = runner.invoke(app, ["fit", "--public", "--estimator", "forrest", "--models-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "did you mean 'forest'" in r.output
+    assert r.exit_code == 2 and "Did you mean 'forest'" in r.output
     r = runner.invoke(app, ["fit", "--public", "--cv", "famly", "--no-save"])
-    assert r.exit_code == 2 and "did you mean 'family'" in r.output
+    assert r.exit_code == 2 and "Did you mean 'family'" in r.output
     r = runner.invoke(app, ["fit", "--no-save"])
     assert r.exit_code == 2 and "--runs STORE or --public" in r.output
     r = runner.invoke(app, ["predict", "--law", "nope", "--models-dir", str(tmp_path)])

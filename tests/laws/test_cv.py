@@ -89,7 +89,7 @@ def test_public_metric_mae_delta_ppl():
 
 def test_bad_scheme_and_compare_notes():
     df = ouyang_frame()
-    with pytest.raises(LawError, match="did you mean 'table'"):
+    with pytest.raises(LawError, match="Did you mean 'table'"):
         cross_validate(LogLinearLaw(features=("bits_per_element",)), df, "tabel")
     with pytest.raises(LawError, match="table_id"):
         cross_validate(LogLinearLaw(features=("bits_per_element",)), df, "table")

@@ -130,7 +130,7 @@ def test_gp_and_forest_fit_smooth_law_out_of_sample():
 def test_missing_feature_and_typo_errors(ouyang_data):
     with pytest.raises(LawError, match=r"needs feature column\(s\) \['sqnr_db'\]"):
         LogLinearLaw(features=("sqnr_db",)).fit(ouyang_data)
-    with pytest.raises(LawError, match="did you mean 'ouyang'"):
+    with pytest.raises(LawError, match="Did you mean 'ouyang'"):
         make_estimator("ouyng")
     with pytest.raises(LawError, match="not fitted"):
         LogLinearLaw(features=("bits_per_element",)).predict(ouyang_data)

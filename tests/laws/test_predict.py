@@ -140,13 +140,20 @@ def test_zoo_law_needs_model_or_features():
 
 
 def test_shipped_public_law_loads_and_predicts():
+    """The three shipped public laws (one per target) answer with their target and unit, in order of bits."""
     from qscale.laws.artifacts import MODELS_DIR, list_laws
 
-    public = [n for n in list_laws(MODELS_DIR) if n.startswith("public-")]
-    if not public:
-        pytest.skip("no public law shipped in models/")
-    p4 = predict(law=public[0], params_b=7, bits=4, group_size=128, method="gptq")
-    p2 = predict(law=public[0], params_b=7, bits=2, group_size=128, method="gptq")
+    shipped = set(list_laws(MODELS_DIR))
+    assert {"public-ppl", "public-kld", "public-acc"} <= shipped
+    p4 = predict(law="public-ppl", params_b=7, bits=4, group_size=128, method="gptq")
+    p2 = predict(law="public-ppl", params_b=7, bits=2, group_size=128, method="gptq")
     assert 0 < p4.value < p2.value and p4.lo <= p4.value <= p4.hi
+    assert p4.target == "log_ppl_ratio"
     dv, dlo, dhi = p4.delta_ppl(5.47)
     assert dv == pytest.approx(5.47 * math.expm1(p4.value)) and dlo <= dv <= dhi
+    k4 = predict(law="public-kld", format="int4-g32-asym", family="Llama-3", params_b=8, method="rtn")
+    k8 = predict(law="public-kld", format="int8-g32", family="Llama-3", params_b=8, method="rtn")
+    assert k4.target == "kld" and k8.lo >= 0 and k8.value < k4.value
+    a = predict(law="public-acc", format="int2-g128", params_b=7, method="rtn", baseline_acc=55.0)
+    assert a.target == "acc_drop" and a.unit.startswith("accuracy points")
+    assert a.value <= a.hi <= 55.0  # a model cannot lose more than its whole accuracy

@@ -9,21 +9,21 @@ from qscale.laws.public import _ARCH, ArchSpec, load_public, normalise_method, p
 
 @pytest.fixture(scope="module")
 def data():
-    return load_public()
+    return load_public(panel=None)  # the published rows only (the panel's runs are tested elsewhere)
 
 
 def test_row_counts_and_drop_reasons(data):
     t = data.table
     assert len(t) == 4497  # SOURCES.md: 4,497 rows
     assert t["table_id"].nunique() == 52
-    assert int(t["usable"].sum()) == 283
+    usable = t[t["usable"]]
+    assert usable["target"].value_counts().to_dict() == {"acc_drop": 2260, "log_ppl_ratio": 262, "kld": 53}
     # every row is either usable or has exactly one counted reason
-    assert sum(data.dropped.values()) + 283 == 4497
-    assert (
-        data.dropped["not a perplexity metric"] == 3155
-    )  # non-ppl rows that are not baselines (checked first)
+    assert sum(data.dropped.values()) + len(usable) == 4497
+    assert data.dropped["baseline row (bits >= 16)"] == 759
     assert data.dropped["duplicate of another table (T07 = T06)"] == 16
     assert data.dropped["collapsed (value > 100x baseline)"] == 2
+    assert data.dropped["word-level perplexity (not comparable)"] == 23
 
 
 def _row(t, table, model, datatype):

@@ -74,7 +74,7 @@ def test_store_to_law(tmp_path):
 def test_zoo_table_names_missing_columns():
     import pandas as pd
 
-    with pytest.raises(ValueError, match=r"lacks columns \['dnll'"):
+    with pytest.raises(LawError, match=r"not a run table: it lacks columns \['dnll'"):
         zoo_table(pd.DataFrame({"model": ["a"], "family": ["f"], "format": ["int4"]}))
     with pytest.raises(LawError, match="run store not found"):
         load_fit_data(runs="/nonexistent/runs.sqlite")
