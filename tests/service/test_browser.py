@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import urllib.parse
 
 import pytest
@@ -23,10 +21,9 @@ pytest.importorskip("uvicorn")
 
 from qscale.service.app import create_app  # noqa: E402
 
-from .conftest import live_server  # noqa: E402
+from .conftest import CHROMIUM, live_server  # noqa: E402
+from .conftest import dump_dom as _dump  # noqa: E402  (test_plan.py imports CHROMIUM and _dump from here)
 
-BROWSERS = ("chromium", "chromium-headless-shell", "chromium-browser", "google-chrome", "chrome")
-CHROMIUM = next((p for p in map(shutil.which, BROWSERS) if p), None)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="no Chromium binary (apt-get install chromium); the XSS test needs a real browser",
@@ -36,18 +33,8 @@ PAYLOAD = "<img src=x onerror=document.title=/pwned/.source>"
 TITLE = "qscale: predict quantization damage"
 
 
-def _dump(url: str, profile) -> str:
-    cmd = [
-        CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",
-        f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url,
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
 def _out_div(dom: str) -> str:
-    m = re.search(r'<div id="out">(.*?)</div>', dom, re.S)
+    m = re.search(r'<div id="out">(.*?)</div>\s*<h2>', dom, re.S)
     assert m, dom[-3000:]
     return m.group(1)
 
@@ -78,9 +65,10 @@ def test_markup_from_the_server_is_shown_as_text(url, params, where, tmp_path):
     assert "<img" not in out, out
     if where != "422":  # the echoed name is shown escaped (422 messages do not echo the input)
         assert "&lt;img src=x onerror=document.title=/pwned/.source&gt;" in out, out
-    assert 'class="err"' in out
-    if where == "warning":
-        assert "<table>" in out  # the prediction rendered too
+    if where == "warning":  # warnings are listed beside the chart, the prediction rendered too
+        assert '<div class="notes" id="notes">' in out and "<table" in out
+    else:
+        assert 'class="err"' in out
 
 
 def test_a_normal_prediction_renders(url, tmp_path):
