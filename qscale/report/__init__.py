@@ -1,7 +1,10 @@
-"""qscale.report: tables (Markdown, LaTeX, HTML, CSV) and plots regenerated from the run store and the laws.
+"""qscale.report: tables (Markdown, LaTeX, HTML, CSV) and plots regenerated from the run stores and the laws.
 
-``write_report(runs=..., out="reports")`` (see :mod:`qscale.report.build`) writes runs.md, laws.md and the
-figures; :mod:`qscale.report.tables` has the writers, :mod:`qscale.report.plots` the figures.
+``write_report(runs=..., panel=..., out="reports")`` (see :mod:`qscale.report.build`) writes runs.md, laws.md
+and the figures; ``qscale report`` with no options passes the committed report's inputs
+(:data:`qscale.report.build.DEFAULT_RUNS`, ``DEFAULT_PANEL``, ``DEFAULT_PROFILE_CACHE``), which it only reads.
+:mod:`qscale.report.tables` has the writers and the one "diverged" rule for absurd CV scores,
+:mod:`qscale.report.plots` the figures (log axes drop, mark and count values <= 0).
 """
 
 from __future__ import annotations

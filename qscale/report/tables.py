@@ -1,6 +1,7 @@
 """Table writers (Markdown, LaTeX, HTML, CSV) for report frames, with one number format.
 
-Numbers are written with ``digits`` significant digits (``0.012345 -> 0.01235`` at 4), NaN as ``-``.
+Numbers are written with ``digits`` significant digits (``0.012345 -> 0.01235`` at 4), NaN as ``-``; cells a
+``mask`` marks (see :func:`diverged_mask`, the one rule for a CV fit that diverged) as ``diverged``.
 
 >>> import pandas as pd
 >>> print(to_markdown(pd.DataFrame({"model": ["a"], "dnll": [0.012345]})))
@@ -32,19 +33,81 @@ def fmt_value(x, digits: int = 4) -> str:
     return str(x)
 
 
-def _cells(df: pd.DataFrame, digits: int) -> list[list[str]]:
-    return [[fmt_value(v, digits) for v in row] for row in df.itertuples(index=False, name=None)]
+#: A CV score is shown as "diverged" when its MAE exceeds this many times the spread of the measured target.
+DIVERGED_FACTOR = 100.0
+DIVERGED = "diverged"
+#: Error metrics computed from the same held-out predictions as the MAE: diverged together with it.
+_LINKED = {
+    "mae": ("mae", "rmse", "r2"),
+    "mae_largest": ("mae_largest",),
+    "mae_delta_ppl": ("mae_delta_ppl",),
+}
+
+
+def diverged_rule(spread: float, target: str = "target") -> str:
+    """The rule in words, for the report under the tables that apply it."""
+    return (
+        f"`diverged`: a held-out MAE of {target} more than {DIVERGED_FACTOR:g}x its measured spread (standard "
+        f"deviation {spread:.4g}); the fit diverged on some fold, and its MAE (with the RMSE and R^2 computed "
+        "from the same predictions) is not shown as a number."
+    )
+
+
+def is_diverged(mae: float, spread: float) -> bool:
+    """``mae > DIVERGED_FACTOR * spread`` (an infinite MAE too; NaN = not scored is not diverged).
+
+    >>> is_diverged(8.7e21, 0.0053), is_diverged(0.016, 0.0053), is_diverged(float("nan"), 1.0)
+    (True, False, False)
+    """
+    return bool(not math.isnan(mae) and mae > DIVERGED_FACTOR * spread)
+
+
+def fmt_mae(mae: float, spread: float | None, digits: int = 4) -> str:
+    """One MAE cell: ``diverged`` by :func:`is_diverged`, else :func:`fmt_value`."""
+    if spread is not None and is_diverged(float(mae), spread):
+        return DIVERGED
+    return fmt_value(float(mae), digits)
+
+
+def diverged_mask(
+    scores: pd.DataFrame, spread: float | dict[str, float], mae_cols: dict[str, tuple[str, ...]] | None = None
+) -> pd.DataFrame:
+    """Boolean frame (shape of ``scores``): True where a cell belongs to a diverged fit. Each key of ``mae_cols``
+    (default: ``mae`` -> mae, rmse, r2; ``mae_largest`` -> itself) is an MAE column judged by
+    :func:`is_diverged` against ``spread`` (one number, or one per MAE column: a column without one is not
+    judged); its linked columns are marked with it."""
+    mask = pd.DataFrame(False, index=scores.index, columns=scores.columns)
+    for mae_col, linked in (mae_cols or _LINKED).items():
+        s = spread.get(mae_col) if isinstance(spread, dict) else spread
+        if mae_col not in scores.columns or s is None:
+            continue
+        vals = pd.to_numeric(scores[mae_col], errors="coerce").to_numpy(float)
+        bad = np.array([is_diverged(float(v), float(s)) for v in vals], dtype=bool)
+        for c in linked:
+            if c in mask.columns:
+                mask[c] = mask[c].to_numpy() | bad
+    return mask
+
+
+def _cells(df: pd.DataFrame, digits: int, mask: pd.DataFrame | None = None) -> list[list[str]]:
+    rows = [[fmt_value(v, digits) for v in row] for row in df.itertuples(index=False, name=None)]
+    if mask is not None:
+        m = mask.reindex(index=df.index, columns=df.columns, fill_value=False).to_numpy(bool)
+        for i, j in zip(*np.nonzero(m), strict=True):
+            rows[i][j] = DIVERGED
+    return rows
 
 
 def _numeric(df: pd.DataFrame) -> list[bool]:
     return [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    """GitHub-flavoured Markdown table; numeric columns right-aligned; '|' in cells escaped."""
+def to_markdown(df: pd.DataFrame, digits: int = 4, mask: pd.DataFrame | None = None) -> str:
+    """GitHub-flavoured Markdown table; numeric columns right-aligned; '|' in cells escaped; cells where
+    ``mask`` is True written as ``diverged``."""
     head = "| " + " | ".join(str(c).replace("|", "\\|") for c in df.columns) + " |"
     align = "| " + " | ".join("---:" if n else "---" for n in _numeric(df)) + " |"
-    rows = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _cells(df, digits)]
+    rows = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _cells(df, digits, mask)]
     return "\n".join([head, align, *rows])
 
 

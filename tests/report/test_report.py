@@ -9,7 +9,16 @@ import pytest
 from qscale.laws.cv import cross_validate
 from qscale.laws.fitting import load_fit_data
 from qscale.laws.registry import make_estimator
-from qscale.report.tables import latex_escape, runs_table, to_html, to_latex, to_markdown, write_table
+from qscale.report.tables import (
+    diverged_mask,
+    fmt_mae,
+    latex_escape,
+    runs_table,
+    to_html,
+    to_latex,
+    to_markdown,
+    write_table,
+)
 
 FORMATS = {
     "int8-pc": (8.0, 8, "int", 40.0),
@@ -132,6 +141,8 @@ def qscale_report(runs, out):
             "--out",
             str(out),
             "--no-public",
+            "--no-panel",
+            "--no-progress",
             "--estimator",
             "bits-only,sqnr-only,second-order",
             "--models-dir",
@@ -143,12 +154,70 @@ def qscale_report(runs, out):
 
 
 def test_write_report_public_section(tmp_path):
+    """The public section summarises the committed CV table (reports/public_cv.csv) per target and writes the
+    detail to public_laws.md; the chosen law's numbers in the summary are the CV table's."""
     from qscale.report.build import write_report
+    from qscale.report.public import DEFAULT_CV_CACHE, choose
 
-    path = write_report(
-        out=tmp_path, estimators="bits-only,kumar", schemes=("table",), models_dir=tmp_path / "m"
-    )
+    path = write_report(out=tmp_path, runs=None, panel=None, models_dir=tmp_path / "m")
     text = path.read_text()
-    assert "## Public results (283 usable rows" in text and "### Targets (public, measured)" in text
-    assert "| kumar | 246 |" in text and "(D known) | 246 |" in text
+    assert "## Public results (`data/public/results.csv` + the real panel's runs)" in text
+    cv = pd.read_csv(DEFAULT_CV_CACHE, keep_default_na=False, na_values=[""])
+    for target in ("log_ppl_ratio", "kld", "acc_drop"):
+        best = choose(cv, target)
+        r = cv[(cv["target"] == target) & (cv["scheme"] == "family") & (cv["estimator"] == best)].iloc[0]
+        assert f"| {best} | {r['mae']:.4g} | {r['mae_bits_only']:.4g} | {r['ratio']:.2f} |" in text
+    detail = (tmp_path / "public_laws.md").read_text()
+    assert "### GPTQ vs RTN at equal bits" in detail and "## Training tokens D" in detail
     assert (tmp_path / "pred_vs_measured_public.png").exists()
+
+
+def test_diverged_mae_prints_diverged():
+    """A fit whose CV MAE is absurd (the committed report's size-bits/size: 8.7e21 on a target with spread 0.005)
+    shows 'diverged' in its MAE, RMSE and R^2 cells; its rank and coverage scores, and sane rows, stay numbers."""
+    scores = pd.DataFrame(
+        {
+            "estimator": ["bits-only", "size-bits"],
+            "scheme": ["size", "size"],
+            "n": [150, 150],
+            "mae": [0.00264, 8.673e21],
+            "rmse": [0.005407, 5.58e22],
+            "r2": [-0.03421, -1.101e50],
+            "spearman": [-0.1901, -0.03909],
+            "coverage": [0.8933, 1.0],
+            "mae_largest": [0.002652, 0.002622],
+        }
+    )
+    spread = 0.005335
+    text = to_markdown(scores, mask=diverged_mask(scores, spread))
+    rows = text.splitlines()
+    assert (
+        rows[1] == "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )  # still numeric columns
+    assert (
+        rows[2] == "| bits-only | size | 150 | 0.00264 | 0.005407 | -0.03421 | -0.1901 | 0.8933 | 0.002652 |"
+    )
+    assert rows[3] == "| size-bits | size | 150 | diverged | diverged | diverged | -0.03909 | 1 | 0.002622 |"
+    assert "e+21" not in text and "e+50" not in text
+    # the threshold is 100x the spread: just under it is a number, just over it is not
+    assert (
+        fmt_mae(99 * spread, spread) == f"{99 * spread:.4g}" and fmt_mae(101 * spread, spread) == "diverged"
+    )
+    assert fmt_mae(float("nan"), spread) == "-"  # not scored is not diverged
+
+
+def test_report_score_table_marks_diverged(tmp_path):
+    """The report's own score table applies the rule with the measured target's spread."""
+    from qscale.report.build import _score_table
+
+    scores = pd.DataFrame(
+        {
+            "estimator": ["a", "b"],
+            "scheme": ["family"] * 2,
+            "n": [10, 10],
+            "mae": [0.1, 1e9],
+            "note": ["", ""],
+        }
+    )
+    out = _score_table(scores, spread=0.2).splitlines()
+    assert out[2] == "| a | family | 10 | 0.1 |" and out[3] == "| b | family | 10 | diverged |"
