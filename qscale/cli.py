@@ -11,6 +11,11 @@ import importlib
 
 import typer
 
+try:  # typer >= 0.23 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as _click  # type: ignore[no-redef]
+
 app = typer.Typer(
     name="qscale",
     help="Predict how much a language model loses when it is quantized, before quantizing it.",
@@ -38,13 +43,7 @@ _COMMAND_MODULES = (
 
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a layer without commands yet
-            if err.name == name:
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 @app.callback(invoke_without_command=True)
@@ -75,18 +74,76 @@ def user_error(err: BaseException) -> bool:
     )
 
 
+def environment_error(err: BaseException) -> bool:
+    """A machine's problem, not a bug: a disk full or read-only, a path that cannot be opened (``OSError``), an
+    unreadable SQLite file (``sqlite3.Error``), a run store that is not one (``StoreError``). One line, exit 2
+    (docs/cli.md)."""
+    import sqlite3
+
+    from qscale.collect.store import StoreError
+
+    return isinstance(err, (OSError, sqlite3.Error, StoreError))
+
+
+def usage_message(err: _click.UsageError) -> str:
+    """One line for a click usage error: which command, the problem, and where the valid choices are.
+
+    Unknown commands list the commands there are; other mistakes point at that command's ``--help``."""
+    ctx = err.ctx
+    path = ctx.command_path if ctx is not None else "qscale"
+    msg = " ".join(err.format_message().split())
+    if msg.startswith("Invalid value: "):  # a command's own BadParameter: the message names the option
+        msg = msg[len("Invalid value: ") :]
+    if ctx is not None and hasattr(ctx.command, "list_commands") and msg.startswith("No such command"):
+        names = [
+            n
+            for n in ctx.command.list_commands(ctx)
+            if not getattr(ctx.command.get_command(ctx, n), "hidden", False)
+        ]
+        msg += " Valid commands: " + ", ".join(names) + "."
+    elif ctx is not None and (
+        not isinstance(err, _click.BadParameter) or isinstance(err, _click.MissingParameter)
+    ):  # click's own wording (missing or unknown option): the choices are in the command's help
+        msg += f" (see '{path} --help')"
+    return f"{path}: {msg}"
+
+
+def _say_error(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The ``qscale`` entry point: a user error prints one line naming the problem (exit 2), a bug its traceback."""
+    """The ``qscale`` entry point and THE error path of the CLI.
+
+    A user's mistake prints one line ``error: ...`` naming the problem and the valid choices, exit 2: a click/typer
+    usage error (unknown command or option, a bad or missing option value, a command's ``typer.BadParameter``)
+    or one of qscale's own ``ValueError`` subclasses (see :func:`user_error`). A bug keeps its traceback."""
     import sys
 
     try:
-        app(args=argv, prog_name="qscale")
+        rv = app(args=argv, prog_name="qscale", standalone_mode=False)
+    except _click.NoArgsIsHelpError as err:  # `qscale runs`: the help (rich prints it itself)
+        text = err.format_message()
+        if text.strip():
+            typer.echo(text)
+        sys.exit(err.exit_code)
+    except _click.UsageError as err:
+        _say_error(usage_message(err))
+        sys.exit(2)
+    except _click.ClickException as err:  # e.g. click.FileError: a file the user named cannot be opened
+        _say_error(" ".join(err.format_message().split()))
+        sys.exit(err.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt, or an EOF
+        _say_error("aborted")
+        sys.exit(130)
     except Exception as err:
-        if not user_error(err):
+        if not (user_error(err) or environment_error(err)):
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
-        typer.secho(f"error: {msg}", fg="red", err=True)
+        _say_error(msg)
         sys.exit(2)
+    if isinstance(rv, int) and rv:  # typer.Exit(code) inside a command, without standalone mode
+        sys.exit(rv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""Shared fixtures (owner: the lm/zoo engineer). Ask for new shared fixtures there; area-specific fixtures
-belong in ``tests/<area>/conftest.py``.
+"""Shared fixtures; area-specific fixtures belong in ``tests/<area>/conftest.py``.
 
 * ``$QSCALE_ZOO_DIR`` is set for the session to ``zoo_root`` if it was unset.
 * ``zoo_root``: one directory for the shared tokenizer, the token streams and the tiny zoo. It is

@@ -1,4 +1,4 @@
-"""CLI: ``qscale collect``, ``qscale runs list|show|export`` and ``qscale demo``."""
+"""CLI: ``qscale collect`` and ``qscale runs list|show|export``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,28 @@ from pathlib import Path
 
 import typer
 
-from qscale.collect.store import DEFAULT_STORE
+from qscale.progress import PROGRESS_HELP, wanted
 
-STORE_HELP = "Run store (SQLite file)."
+STORE_HELP = "Run store (SQLite file; default: the repository's data/runs.sqlite)."
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"Error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _store_path(store: Path | None) -> Path:
+    """``--store`` or the default store. A run store is a SQLite file; an export (.csv / .parquet) is not one (and
+    must not become one)."""
+    from qscale.collect.store import default_store
+
+    store = store if store is not None else default_store()
+    if store.suffix.lower() in (".csv", ".parquet"):
+        _fail(
+            f"--store {store}: a run store is a SQLite file (e.g. data/runs.sqlite); {store.suffix} files are "
+            "exports (`qscale runs export`), read by `qscale fit --runs` and `qscale report --runs`"
+        )
+    return store
 
 
 def _quiet_transformers() -> None:
@@ -31,32 +45,28 @@ def _quiet_transformers() -> None:
 
 def collect_cmd(
     spec_path: Path = typer.Argument(..., help="Sweep spec (YAML or TOML), e.g. data/sweeps/demo.yaml."),
-    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     backend: str = typer.Option("local", "--backend", help="local | ray"),
     address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N planned runs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Measure runs recorded as failed again."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Collect a sweep into the run store (finished runs are skipped; Ctrl-C stops after the current run)."""
     from qscale.collect.runner import BACKENDS, collect
     from qscale.collect.spec import SpecError, load_spec, plan
 
     if backend not in BACKENDS:
-        import difflib
+        from qscale.registry import unknown_name_message
 
-        close = difflib.get_close_matches(backend, BACKENDS, n=1)
-        _fail(
-            f"unknown backend {backend!r}"
-            + (f" (did you mean {close[0]}?)" if close else "")
-            + "; valid: local, ray"
-        )
+        _fail(unknown_name_message(backend, BACKENDS, "backend"))
+    store = _store_path(store)
     try:
         spec = load_spec(spec_path)
-    except SpecError as err:
-        _fail(str(err))
+    except SpecError as err:  # every problem, on one line
+        _fail(f"invalid sweep spec {spec_path}: " + "; ".join(err.errors))
     runs = plan(spec, limit=limit)
     if dry_run:
         from qscale.collect.store import StoreError
@@ -73,7 +83,7 @@ def collect_cmd(
         with RunStore(store) as st:
             result = collect(
                 spec, st, backend=backend, address=address, retry_failed=retry_failed, limit=limit,
-                device=device, progress=progress,
+                device=device, progress=wanted(progress),
             )  # fmt: skip
             counts = st.counts()
     except StoreError as err:
@@ -92,6 +102,11 @@ def collect_cmd(
         typer.echo(
             f"{result.n_refilled} finished run(s) lacked requested features "
             f"({', '.join(spec.features)}) and were measured again with them"
+        )
+    if getattr(result, "n_resettled", 0):
+        typer.echo(
+            f"{result.n_resettled} finished run(s) had their data-dependent features measured with another "
+            "calibration record and were measured again"
         )
     typer.echo(f"store {store}: {counts.get('ok', 0)} ok, {counts.get('error', 0)} error runs")
     for failure in result.failures:
@@ -116,13 +131,15 @@ def collect_cmd(
 
 def _print_plan(spec, runs, store: Path) -> None:
     from qscale.collect.runner import _cached_pending, skip_keys
-    from qscale.collect.spec import group_by_model
+    from qscale.collect.spec import feature_calibration, group_by_model
     from qscale.collect.store import RunStore
 
     known_done = 0
     if store.exists():
         with RunStore(store) as st:
-            skip = skip_keys(st, retry_failed=False, features=spec.features)
+            skip = skip_keys(
+                st, retry_failed=False, features=spec.features, feature_calibration=feature_calibration(spec)
+            )
             for ref, model_runs in group_by_model(runs).items():
                 pending = _cached_pending(st, ref, model_runs, skip)
                 if pending is not None:
@@ -142,7 +159,7 @@ runs_app = typer.Typer(help="Inspect and export the run store.", no_args_is_help
 
 @runs_app.command("list")
 def runs_list(
-    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     status: str = typer.Option(None, "--status", help="ok | error"),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most N runs (newest)."),
 ) -> None:
@@ -152,6 +169,7 @@ def runs_list(
 
     from qscale.collect.store import RunStore, StoreError
 
+    store = _store_path(store)
     try:
         with RunStore(store, readonly=True) as st:
             frame = st.to_frame(status)
@@ -174,11 +192,12 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(
     key: str = typer.Argument(..., help="A run key or a unique prefix of it (>= 4 characters)."),
-    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Print one run as JSON (config, facts, metrics, features, timings, provenance, error)."""
     from qscale.collect.store import RunStore, StoreError
 
+    store = _store_path(store)
     try:
         with RunStore(store, readonly=True) as st:
             row = st.get(key)
@@ -191,7 +210,7 @@ def runs_show(
 def runs_export(
     out: Path = typer.Option(..., "--out", help="Output file."),
     fmt: str = typer.Option(None, "--format", help="parquet | csv (default: from the --out suffix)."),
-    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     status: str = typer.Option(None, "--status", help="Only runs with this status (ok | error)."),
     detail: bool = typer.Option(
         False, "--detail", help="Add bookkeeping columns (timings, settings, errors)."
@@ -200,6 +219,7 @@ def runs_export(
     """Export the flattened runs table (RunStore.to_frame) as parquet or csv."""
     from qscale.collect.store import RunStore, StoreError
 
+    store = _store_path(store)
     try:
         with RunStore(store, readonly=True) as st:
             path = st.export(out, fmt, status, detail=detail)
@@ -209,35 +229,6 @@ def runs_export(
     typer.echo(f"wrote {n} runs to {path}")
 
 
-def demo_cmd(
-    store: Path = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
-    spec_path: Path = typer.Option(Path("data/sweeps/demo.yaml"), "--spec", help="The demo sweep."),
-    out: Path = typer.Option(Path("reports/demo"), "--out", help="Where the law and the report go."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    estimators: str = typer.Option(
-        "all", "--estimators", help="Law presets to compare: 'all' or a comma list."
-    ),
-) -> None:
-    """The whole job on the tiny zoo: train it if missing, collect, fit laws, predict a held-out family, report."""
-    from qscale.collect.demo import DemoError, run_demo
-
-    _quiet_transformers()
-    try:
-        summary = run_demo(
-            store=store,
-            spec_path=spec_path,
-            out=out,
-            progress=progress,
-            echo=typer.echo,
-            estimators=estimators,
-        )
-    except DemoError as err:
-        _fail(str(err))
-    if summary["failed"]:
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
     app.command("collect")(collect_cmd)
     app.add_typer(runs_app, name="runs")
-    app.command("demo")(demo_cmd)

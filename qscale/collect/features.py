@@ -21,12 +21,12 @@ stored as ``f"{name}_{key}"`` columns (``weight_stats`` -> ``weight_stats_kurtos
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from qscale.registry import unknown_name_message
 
 LEVELS = ("model", "model_format")
 COSTS = ("free", "weights", "eval", "hvp")
@@ -109,10 +109,8 @@ def register_feature(
 
 
 def _load_plugins() -> None:
-    # The landscape engineer's features register through the decorator above; they are optional
-    # (a missing module, or one whose own dependencies are not there yet, leaves the built-ins).
-    with contextlib.suppress(ImportError):
-        import qscale.collect.features_landscape  # noqa: F401
+    """Register the features defined in other modules (the loss-landscape and outlier features)."""
+    import qscale.collect.features_landscape  # noqa: F401
 
 
 def list_features(level: str | None = None) -> list[FeatureInfo]:
@@ -131,10 +129,7 @@ def get_feature(name: str) -> FeatureInfo:
 
 
 def _unknown_message(name: str) -> str:
-    names = sorted(_REGISTRY)
-    close = difflib.get_close_matches(name, names, n=3)
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    return f"unknown feature {name!r}{hint}; known features: {', '.join(names)}"
+    return unknown_name_message(name, sorted(_REGISTRY), "feature", n=3)
 
 
 def _flatten(name: str, value: Any) -> dict[str, Any]:
@@ -257,13 +252,7 @@ def _sqnr_db(ctx: FeatureContext) -> float:
     """Weight SQNR of the format over all quantized linear layers: 10 log10(sum w^2 / sum (w - q(w))^2)."""
     from qscale.measure.weights import model_sqnr
 
-    result = model_sqnr(ctx.model, ctx.fmt)
-    if isinstance(result, Mapping):
-        for key in ("sqnr_db", "total_db", "db"):
-            if key in result:
-                return float(result[key])
-        raise FeatureError(f"model_sqnr returned keys {sorted(result)}; expected 'sqnr_db'")
-    return float(result)
+    return float(model_sqnr(ctx.model, ctx.fmt)["sqnr_db"])
 
 
 @register_feature("weight_stats", level="model", unit="mixed", cost="weights")

@@ -74,7 +74,7 @@ def _deltas(float_m: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
         "ppl": float(q["ppl"]),
         "bpb": float(q["bpb"]),
         "kld": float(q["kld"]) if q.get("kld") is not None else math.nan,
-        "top1": float(q.get("top1_agreement", q.get("top1", math.nan))),
+        "top1": float(q["top1_agreement"]),
         "n_tokens": int(q.get("n_tokens", 0)),
         "n_bytes": int(q.get("n_bytes", 0)),
         "kld_top_k": q.get("kld_top_k"),

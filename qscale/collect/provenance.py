@@ -7,15 +7,16 @@ import platform
 import socket
 import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the qscale checkout (with ``+dirty`` when it has local changes), or None."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
+    from qscale.paths import checkout_root
+
+    root = checkout_root()
+    if root is None or not (root / ".git").exists():
         return None
     try:
         sha = subprocess.run(

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from qscale.corpora.windows import WindowError, _bos_id, _did_you_mean, _special_id, corpus_stream
+from qscale.corpora.windows import WindowError, _bos_id, _special_id, corpus_stream
+from qscale.registry import unknown_name_message
 
 SYNTHETIC_CALIBRATION: tuple[str, ...] = ("random_tokens", "random_punct")
 CALIBRATION_SPLIT = "train"
@@ -49,10 +50,7 @@ def _check_corpus(corpus: str) -> None:
     valid = calibration_corpora()
     if corpus in valid or Path(str(corpus)).suffix in (".txt", ".xz"):  # a file: read_split judges it
         return
-    raise WindowError(
-        f"Unknown calibration corpus {corpus!r}; valid choices: {', '.join(valid)}, or a path to a .txt file."
-        + _did_you_mean(str(corpus), valid)
-    )
+    raise WindowError(unknown_name_message(str(corpus), [*valid, "<path/to/file.txt>"], "calibration corpus"))
 
 
 def _special_ids(tokenizer: Any) -> set[int]:

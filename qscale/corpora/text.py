@@ -33,13 +33,15 @@ order of calls, and only change if the corpus file changes. Example: ``enwiki_ge
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import lzma
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from qscale.paths import repo_path
+from qscale.registry import unknown_name_message
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 """The split names :func:`read_split` accepts."""
@@ -96,8 +98,8 @@ _SPECS: dict[str, _CorpusSpec] = {
 
 
 def data_dir() -> Path:
-    """The directory holding the packaged ``*.txt.xz`` corpora (``<repo>/data/corpora``)."""
-    return Path(__file__).resolve().parents[2] / "data" / "corpora"
+    """The directory holding the packaged ``*.txt.xz`` corpora (``<repo>/data/corpora``, :mod:`qscale.paths`)."""
+    return repo_path("data/corpora", option="a path to a .txt corpus")
 
 
 def corpus_names() -> list[str]:
@@ -106,9 +108,7 @@ def corpus_names() -> list[str]:
 
 
 def _unknown(kind: str, name: str, valid: list[str]) -> CorpusError:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return CorpusError(f"unknown {kind} {name!r}.{hint} Valid choices: {', '.join(valid)}.")
+    return CorpusError(unknown_name_message(name, valid, kind))
 
 
 def _resolve(name: str | Path) -> tuple[str, Path, bool]:

@@ -48,7 +48,6 @@ shorter than W gives one shorter window.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import threading
 from collections import OrderedDict
@@ -59,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qscale.registry import unknown_name_message
 
 PROTOCOLS: tuple[str, ...] = ("stride", "rolling")
 
@@ -79,18 +80,10 @@ class WindowError(ValueError):
     """Bad protocol, sequence length, stride or corpus for building evaluation windows."""
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def check_protocol(protocol: str) -> str:
     """Return ``protocol`` if it is a known protocol name, else raise :class:`WindowError`."""
     if protocol not in PROTOCOLS:
-        raise WindowError(
-            f"Unknown evaluation protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}."
-            + _did_you_mean(protocol, PROTOCOLS)
-        )
+        raise WindowError(unknown_name_message(protocol, PROTOCOLS, "evaluation protocol"))
     return protocol
 
 

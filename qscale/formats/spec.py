@@ -18,7 +18,6 @@ encodings. fp6 and mxfp6 need an explicit element (e3m2 or e2m3).
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 
@@ -33,6 +32,7 @@ from qscale.formats.core import (
     MXFormat,
 )
 from qscale.formats.elements import MINIFLOATS
+from qscale.registry import close_matches
 
 GRAMMAR = (
     "int<b>[-pt|-pc|-g<G>][-asym][-mse] | fp<b>[-e4m3|-e5m2|-e3m2|-e2m3|-e2m1][-pt|-pc|-g<G>|-raw] | "
@@ -44,7 +44,7 @@ _ELEMENT_ALIASES = {f"{n}fn": n for n in MINIFLOATS} | {n: n for n in MINIFLOATS
 
 
 def _fail(spec: str, why: str) -> FormatError:
-    near = difflib.get_close_matches(spec.strip().lower(), _suggestion_pool(), n=3, cutoff=0.5)
+    near = close_matches(spec.strip().lower(), _suggestion_pool(), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     return FormatError(f"unknown format {spec!r}: {why}{hint}. Grammar: {GRAMMAR}. See `qscale formats`.")
 
@@ -324,7 +324,7 @@ def format_set(name: str) -> tuple[Format, ...]:
     elif (m := re.fullmatch(r"all-(\d+)bit", key)) and 2 <= int(m.group(1)) <= 8:
         specs = _by_bits(int(m.group(1)))
     else:
-        near = difflib.get_close_matches(key, list(FORMAT_SETS), n=3, cutoff=0.4)
+        near = close_matches(key, list(FORMAT_SETS), n=3, cutoff=0.4)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise FormatError(f"unknown format set {name!r}{hint}; choose one of {', '.join(FORMAT_SETS)}")
     return tuple(get_format(s) for s in specs)

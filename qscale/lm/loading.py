@@ -91,11 +91,9 @@ def resolve_zoo(name: str, zoo_root: str | Path | None = None) -> Path:
 
     known = zoo_names()
     if name not in known:
-        import difflib
+        from qscale.registry import unknown_name_message
 
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise LoadError(f"unknown zoo model {name!r}.{hint} Valid choices: {', '.join(known)}.")
+        raise LoadError(unknown_name_message(name, known, "zoo model"))
     from qscale.lm.zoo import preset_of
 
     raise LoadError(
@@ -138,9 +136,9 @@ def load(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # qscale shows its own progress; no "Loading weights" bars
+    from qscale.progress import quiet_third_party
+
     check_device(device)
     dtype = torch.float32 if dtype is None else dtype
     src = str(name_or_path)
@@ -178,12 +176,13 @@ def load(
             raise LoadError(
                 "loading .gguf files needs the `gguf` package: pip install 'qscale[gguf]'"
             ) from err
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, local_files_only=True, **kwargs
-        )
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path.parent), gguf_file=path.name, local_files_only=True
-        )
+        with quiet_third_party():  # qscale shows its own progress; no converter or "Loading weights" bars
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, local_files_only=True, **kwargs
+            )
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path.parent), gguf_file=path.name, local_files_only=True
+            )
         identity = weights_identity([path])
     else:
         if not (path / "config.json").is_file():
@@ -191,7 +190,8 @@ def load(
         files = _weight_files(path)
         if not files:
             raise LoadError(f"{src!r} has no *.safetensors or pytorch_model*.bin weight files")
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kwargs)
+        with quiet_third_party():
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kwargs)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as err:

@@ -244,15 +244,17 @@ def dequantize_to_dir(gguf_path: Path, out: Path) -> dict[str, Any]:
     """Load ``gguf_path`` through transformers (fp32), rebuild from its config, save a safetensors directory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    src = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True, dtype=torch.float32
-    )
-    tok = AutoTokenizer.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
-    )
+    from qscale.progress import quiet_third_party
+
+    # no "Converting and de-quantizing GGUF tensors" bar: build_panel logs its own steps
+    with quiet_third_party():
+        src = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True, dtype=torch.float32
+        )
+        tok = AutoTokenizer.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
+        )
     config = src.config
     state = {k: v.detach().clone() for k, v in src.state_dict().items()}
     del src
@@ -267,7 +269,8 @@ def dequantize_to_dir(gguf_path: Path, out: Path) -> dict[str, Any]:
     if tied:
         model.tie_weights()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    with quiet_third_party():  # no "Writing model shards" bar
+        model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     from qscale.lm.facts import count_params
 

@@ -239,12 +239,9 @@ class ZooError(ValueError):
 
 
 def _choice_error(kind: str, name: str, valid: Iterable[str]) -> ZooError:
-    import difflib
+    from qscale.registry import unknown_name_message
 
-    valid = list(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ZooError(f"unknown {kind} {name!r}.{hint} Valid choices: {', '.join(valid)}.")
+    return ZooError(unknown_name_message(name, valid, kind))
 
 
 def zoo_names() -> list[str]:
@@ -491,7 +488,10 @@ def train_model(
     }
     tmp = root / f".{spec.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.to("cpu").save_pretrained(str(tmp))
+    from qscale.progress import quiet_third_party
+
+    with quiet_third_party():  # no "Writing model shards" bar: `qscale zoo train` prints a line per model
+        model.to("cpu").save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     (tmp / ZOO_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     with exclusive(root / f".{spec.name}.lock"):

@@ -2,8 +2,8 @@
 
 Example (2-core CPU)::
 
-    qscale eval --model zoo:llama-s --corpus enwiki_gensim --protocol stride --seq-len 64 --max-tokens 4096
-    qscale eval --model zoo:llama-s --format int4-g32 --json
+    qscale eval --model zoo:tiny-llama-m --corpus enwiki_gensim --protocol stride --seq-len 64 --max-tokens 4096
+    qscale eval --model zoo:tiny-llama-m --format int4-g32 --json
 
 With ``--format`` the float model runs once (its log-probs cached for KL, see
 :func:`qscale.measure.eval.reference_outputs`), then the RTN-quantized model runs on the same windows;
@@ -19,6 +19,10 @@ from typing import Any
 
 import typer
 
+from qscale.progress import PROGRESS_HELP
+
+DEFAULT_SEQ_LEN = 256
+
 
 def _float_from_reference(ref: Any, windows: Any) -> dict[str, Any]:
     """The float model's metrics, from the reference cache (no second float pass)."""
@@ -33,7 +37,7 @@ def _float_from_reference(ref: Any, windows: Any) -> dict[str, Any]:
 
 def eval_cmd(
     model: str = typer.Option(
-        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file."
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-m), panel:NAME or .gguf file."
     ),
     format: str | None = typer.Option(
         None,
@@ -49,9 +53,17 @@ def eval_cmd(
     corpus: str = typer.Option("enwiki_gensim", "--corpus", "-c", help="Corpus name or a .txt file."),
     split: str = typer.Option("test", "--split", help="train | validation | test."),
     protocol: str = typer.Option("stride", "--protocol", "-p", help="stride (GPTQ) | rolling (lm-eval)."),
-    seq_len: int = typer.Option(256, "--seq-len", "-L", help="Window length in tokens (BOS included)."),
-    stride: int | None = typer.Option(None, "--stride", help="Rolling stride (default seq_len/2)."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Use only the first N stream tokens."),
+    seq_len: int | None = typer.Option(
+        None,
+        "--seq-len",
+        "-L",
+        min=2,
+        help=f"Window length in tokens, BOS included (default {DEFAULT_SEQ_LEN}, or the model's context if shorter).",
+    ),
+    stride: int | None = typer.Option(None, "--stride", min=1, help="Rolling stride (default seq_len/2)."),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=1, help="Use only the first N stream tokens."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 (log-softmax is always fp32)."),
@@ -61,19 +73,25 @@ def eval_cmd(
         help="Float log-probs kept for KL: auto | exact | an integer (see qscale.measure.eval).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Evaluate MODEL on a corpus split (nll, ppl, bits/byte); with --format also the RTN-quantized model."""
-    from qscale.corpora.text import CorpusError
-    from qscale.corpora.windows import WindowError, get_windows
-    from qscale.measure.eval import _parse_dtype, evaluate_windows, reference_outputs
+    from contextlib import ExitStack
 
-    try:
+    from qscale.corpora.text import CorpusError, read_split
+    from qscale.corpora.windows import WindowError, check_protocol, get_windows
+    from qscale.measure.eval import _parse_dtype, evaluate_windows, reference_outputs
+    from qscale.progress import Progress, wanted
+
+    try:  # every mistake in the options before the model is loaded
         torch_dtype = _parse_dtype(dtype)
         k: Any = {"auto": "auto", "exact": None}.get(top_k)
         if k is None and top_k != "exact":
             if not top_k.isdigit() or int(top_k) < 1:
                 raise ValueError(f"--top-k must be auto, exact or a positive integer, got {top_k!r}.")
             k = int(top_k)
+        check_protocol(protocol)
+        read_split(corpus, split)  # names the valid corpora and splits (cached: read once)
         fmt = None
         plan_doc = None
         if format is not None and plan is not None:
@@ -92,55 +110,67 @@ def eval_cmd(
 
     from qscale.lm import load
 
-    lm = load(model, dtype=torch_dtype, device=device)
-    if plan_doc is not None:
-        from qscale.quantize.plans import check_plan_model
+    show = wanted(progress)
+    with Progress(show) as bar:
+        with bar.step(f"load {model}"):
+            lm = load(model, dtype=torch_dtype, device=device)
+        if plan_doc is not None:
+            from qscale.quantize.plans import check_plan_model
 
-        for warning in check_plan_model(plan_doc, lm):
-            typer.secho(f"warning: {warning}", fg="yellow", err=True)
-    ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
-        lm.model.config, "n_positions", None
-    )
-    if ctx and seq_len > ctx:
-        typer.secho(
-            f"--seq-len {seq_len} is longer than the model's context ({ctx}); using {ctx}",
-            fg="yellow",
-            err=True,
+            for warning in check_plan_model(plan_doc, lm):
+                typer.secho(f"warning: {warning}", fg="yellow", err=True)
+        ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
+            lm.model.config, "n_positions", None
         )
-        seq_len = int(ctx)
-    try:
-        windows = get_windows(
-            lm.tokenizer,
-            corpus=corpus,
-            split=split,
-            protocol=protocol,
-            seq_len=seq_len,
-            stride=stride,
-            max_tokens=max_tokens,
-        )
-    except (WindowError, CorpusError) as err:
-        raise typer.BadParameter(str(err)) from err
+        if seq_len is None:
+            seq_len = int(min(DEFAULT_SEQ_LEN, ctx)) if ctx else DEFAULT_SEQ_LEN
+        elif ctx and seq_len > ctx:
+            typer.secho(
+                f"--seq-len {seq_len} is longer than the model's context ({ctx}); using {ctx}",
+                fg="yellow",
+                err=True,
+            )
+            seq_len = int(ctx)
+        try:
+            with bar.step(f"tokenize {corpus}/{split}"):
+                windows = get_windows(
+                    lm.tokenizer,
+                    corpus=corpus,
+                    split=split,
+                    protocol=protocol,
+                    seq_len=seq_len,
+                    stride=stride,
+                    max_tokens=max_tokens,
+                )
+        except (WindowError, CorpusError) as err:  # e.g. --stride with protocol stride
+            raise typer.BadParameter(str(err)) from err
 
-    show = None if not as_json else False  # tqdm on a terminal only
+        if fmt is None:
+            result = {
+                "model": model,
+                **evaluate_windows(lm.model, windows, batch_size=batch_size, progress=show),
+            }
+        else:
+            from qscale.formats import FormatError
+            from qscale.quantize import MethodError, quantized
+
+            ref = reference_outputs(lm.model, windows, top_k=k, batch_size=batch_size, progress=show)
+            base = _float_from_reference(ref, windows)
+            what = f"--plan {plan}" if plan_doc is not None else f"--format {fmt}"
+            try:
+                with ExitStack() as stack:
+                    with bar.step(f"quantize {'plan' if plan_doc is not None else fmt} (rtn)"):
+                        info = stack.enter_context(quantized(lm.model, fmt, method="rtn"))
+                    q = evaluate_windows(
+                        lm.model, windows, reference=ref, batch_size=batch_size, progress=show
+                    )
+            except FormatError as err:  # a spec that cannot be applied to this model
+                raise typer.BadParameter(f"{what}: {err}") from err
+            except MethodError as err:  # a plan naming layers this model does not have
+                raise typer.BadParameter(str(err)) from err
     if fmt is None:
-        result = {"model": model, **evaluate_windows(lm.model, windows, batch_size=batch_size, progress=show)}
         _print(result, None, None, as_json)
         return
-
-    from qscale.quantize import MethodError, quantized
-
-    ref = reference_outputs(lm.model, windows, top_k=k, batch_size=batch_size, progress=show)
-    base = _float_from_reference(ref, windows)
-    from qscale.formats import FormatError
-
-    try:
-        with quantized(lm.model, fmt, method="rtn") as info:
-            q = evaluate_windows(lm.model, windows, reference=ref, batch_size=batch_size, progress=show)
-    except FormatError as err:  # a spec that cannot be applied to this model
-        what = f"--plan {plan}" if plan_doc is not None else f"--format {fmt}"
-        raise typer.BadParameter(f"{what}: {err}") from err
-    except MethodError as err:  # a plan naming layers this model does not have
-        raise typer.BadParameter(str(err)) from err
     out = {
         "model": model,
         "format": f"plan:{plan}" if plan_doc is not None else str(fmt),

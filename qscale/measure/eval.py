@@ -150,12 +150,14 @@ def _eval_mode(*models: Any) -> Iterator[None]:
 
 
 def _progress(iterable: Any, progress: bool | None, desc: str) -> Any:
-    items = list(iterable)
-    if progress is False or (progress is None and len(items) < 16):
-        return items
-    from tqdm.auto import tqdm
+    """Batches with a progress row (stderr, :mod:`qscale.progress`): a row of the command's open display, or with
+    ``progress=None`` a display of its own on a terminal when there are 16 batches or more; False: none."""
+    from qscale.progress import active, track
 
-    return tqdm(items, desc=desc, disable=None if progress is None else False, leave=False)
+    items = list(iterable)
+    if progress is False or (progress is None and len(items) < 16 and not active()):
+        return items
+    return track(items, desc, enabled=progress)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,7 +295,9 @@ def reference_outputs(
     k = _resolve_top_k(top_k, n, vocab, max_bytes) if vocab is not None else "unknown"
     table = None  # the exact (N, V) log-prob table, filled batch by batch
     with torch.inference_mode(), _eval_mode(model):
-        for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "reference"):
+        for ids, flat, targets, offset in _progress(
+            windows.batches(batch_size, dev), progress, "float reference"
+        ):
             logits = forward(ids)
             if vocab is None or k == "unknown" or logits.shape[-1] != vocab:
                 vocab = int(logits.shape[-1])
@@ -421,7 +425,7 @@ def evaluate_windows(
 
     with torch.inference_mode(), _eval_mode(model, reference):
         acc = torch.zeros(4, dtype=torch.float64, device=dev)  # nll, kl, top1, ref_nll sums
-        for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "eval"):
+        for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "evaluate"):
             logits = forward(ids)
             vocab = logits.shape[-1]
             lq = logits.reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)

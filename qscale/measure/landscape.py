@@ -56,13 +56,14 @@ implements the estimators itself and uses PyHessian only as an optional cross-ch
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from qscale.registry import unknown_name_message
 
 if TYPE_CHECKING:
     import torch
@@ -159,9 +160,7 @@ def _select_params(
         for i, p in enumerate(params):
             if isinstance(p, str):
                 if p not in named:
-                    close = difflib.get_close_matches(p, list(named), n=3)
-                    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-                    raise CurvatureError(f"no parameter named {p!r}{hint}; e.g. {list(named)[:6]}")
+                    raise CurvatureError(unknown_name_message(p, list(named), "parameter", n=3))
                 chosen.append((p, named[p]))
             elif isinstance(p, torch.Tensor):
                 if not p.requires_grad:
@@ -326,9 +325,7 @@ def group_name(param_name: str, by: str | Callable[[str], str] = "block") -> str
             if _INDEX.match(part):
                 return ".".join(parts[: i + 1])
         return owner
-    close = difflib.get_close_matches(str(by), GROUPINGS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise CurvatureError(f"unknown grouping {by!r}{hint}; valid: {', '.join(GROUPINGS)} or a callable")
+    raise CurvatureError(unknown_name_message(str(by), [*GROUPINGS, "<a callable>"], "grouping"))
 
 
 @dataclass(frozen=True)
@@ -663,9 +660,7 @@ def hessian_top_eigenvalues(
     import torch
 
     if method not in EIGEN_METHODS:
-        close = difflib.get_close_matches(str(method), EIGEN_METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CurvatureError(f"unknown eigenvalue method {method!r}{hint}; valid: {', '.join(EIGEN_METHODS)}")
+        raise CurvatureError(unknown_name_message(str(method), EIGEN_METHODS, "eigenvalue method"))
     if not isinstance(k, int) or k < 1:
         raise CurvatureError(f"k must be a positive int, got {k!r}")
     if not isinstance(iters, int) or iters < 1:

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from qscale.progress import PROGRESS_HELP
+
 
 def _batch(lm: Any, corpus: str, n_seqs: int, seq_len: int, seed: int) -> Any:
     from qscale.corpora import calibration_batch
@@ -43,21 +45,24 @@ def _clean(x: Any) -> Any:
 
 def landscape_cmd(
     model: str = typer.Option(
-        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-s) or .gguf."
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-m), panel:NAME or .gguf."
     ),
     format: list[str] = typer.Option(
         None, "--format", "-f", help="Format spec(s) for the quantization-direction terms (repeatable)."
     ),
-    samples: int = typer.Option(8, "--samples", help="Hutchinson Rademacher samples (>= 2)."),
-    k: int = typer.Option(1, "--k", help="Number of top eigenvalues."),
-    iters: int = typer.Option(20, "--iters", help="Lanczos steps (HVPs) for the eigenvalues."),
+    samples: int = typer.Option(8, "--samples", min=2, help="Hutchinson Rademacher samples (>= 2)."),
+    k: int = typer.Option(1, "--k", min=1, help="Number of top eigenvalues."),
+    iters: int = typer.Option(20, "--iters", min=1, help="Lanczos steps (HVPs) for the eigenvalues."),
     group_by: str = typer.Option("block", "--group-by", help="Trace groups: tensor, layer, block, all."),
     radial: bool = typer.Option(False, "--radial", help="Also print a radial loss profile (4 directions)."),
     corpus: str = typer.Option("enwiki_gensim", "--corpus", help="Calibration corpus (or random_tokens)."),
-    n_seqs: int = typer.Option(2, "--n-seqs", help="Calibration sequences."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (capped at the model's limit)."),
+    n_seqs: int = typer.Option(2, "--n-seqs", min=1, help="Calibration sequences."),
+    seq_len: int = typer.Option(
+        128, "--seq-len", min=2, help="Tokens per sequence (capped at the model's limit)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Curvature of MODEL's loss on a calibration batch: Hessian trace (per block), top eigenvalues, and for each
     --format the second-order prediction g.D + 1/2 D^T H D of the loss change vs the measured change."""
@@ -77,14 +82,27 @@ def landscape_cmd(
         group_name("a.0.w", group_by)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    from qscale.progress import Progress, wanted
+
     try:
-        lm = load(model)
-        ids = _batch(lm, corpus, n_seqs, seq_len, seed)
-        trace = hessian_trace(lm.model, ids, samples=samples, seed=seed, group_by=group_by)
-        eig = hessian_top_eigenvalues(lm.model, ids, k=k, iters=iters, tol=1e-3, seed=seed)
-        qdirs = [quant_direction_terms(lm.model, ids, f, measure=True) for f in fmts]
-        prof = radial_profile(lm.model, ids, seed=seed) if radial else None
-    except (CurvatureError, ValueError) as err:  # LoadError, FormatError, CorpusError are ValueErrors
+        with Progress(wanted(progress)) as bar:
+            with bar.step(f"load {model}"):
+                lm = load(model)
+                ids = _batch(lm, corpus, n_seqs, seq_len, seed)
+            with bar.step(f"Hessian trace ({samples} HVP samples)"):
+                trace = hessian_trace(lm.model, ids, samples=samples, seed=seed, group_by=group_by)
+            with bar.step(f"top-{k} eigenvalues (<= {iters} HVPs)"):
+                eig = hessian_top_eigenvalues(lm.model, ids, k=k, iters=iters, tol=1e-3, seed=seed)
+            qdirs = []
+            row = bar.task("quantization directions", total=len(fmts)) if fmts else None
+            for f in fmts:
+                qdirs.append(quant_direction_terms(lm.model, ids, f, measure=True))
+                row.advance(note=str(f))
+            prof = None
+            if radial:
+                with bar.step("radial profile (4 directions)"):
+                    prof = radial_profile(lm.model, ids, seed=seed)
+    except CurvatureError as err:  # LoadError, FormatError, CorpusError: one line from qscale.cli.main
         raise typer.BadParameter(str(err)) from err
     result: dict[str, Any] = {
         "model": lm.name,
@@ -139,8 +157,10 @@ def landscape_cmd(
 def outliers_cmd(
     model: str = typer.Option(..., "--model", "-m", help="HF checkpoint dir, zoo name or .gguf file."),
     corpus: str = typer.Option("enwiki_gensim", "--corpus", help="Calibration corpus (or random_tokens)."),
-    n_seqs: int = typer.Option(8, "--n-seqs", help="Calibration sequences."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (capped at the model's limit)."),
+    n_seqs: int = typer.Option(8, "--n-seqs", min=1, help="Calibration sequences."),
+    seq_len: int = typer.Option(
+        128, "--seq-len", min=2, help="Tokens per sequence (capped at the model's limit)."
+    ),
     threshold: float = typer.Option(6.0, "--threshold", help="Outlier feature threshold |x| (LLM.int8: 6)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -153,13 +173,11 @@ def outliers_cmd(
 
     if not threshold > 0:
         raise typer.BadParameter(f"--threshold must be positive, got {threshold}")
-    try:
-        lm = load(model)
-        ids = _batch(lm, corpus, n_seqs, seq_len, seed)
-        w = model_weight_stats(lm.model)
-        a = activation_stats(lm.model, ids, threshold=threshold)
-    except ValueError as err:  # LoadError, CorpusError
-        raise typer.BadParameter(str(err)) from err
+    # LoadError, CorpusError: one line from qscale.cli.main (a plain ValueError is a bug and keeps its traceback)
+    lm = load(model)
+    ids = _batch(lm, corpus, n_seqs, seq_len, seed)
+    w = model_weight_stats(lm.model)
+    a = activation_stats(lm.model, ids, threshold=threshold)
     if as_json:
         out = {
             "model": lm.name,

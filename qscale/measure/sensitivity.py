@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 
 from qscale.lm.layers import linear_layers
+from qscale.quantize.sqnr import db
 
 PROFILE_VERSION = 1
 ESTIMATORS = ("rank1", "full")
@@ -106,7 +106,7 @@ class SensitivityProfile:
             out[name] = {
                 "kld": 0.5 * lp.weighted_sq_error(dw) / self.n_tokens,
                 "rel_err": (noise / sig) ** 0.5 if sig > 0 else 0.0,
-                "sqnr_db": 10.0 * math.log10(sig / noise) if noise > 0 else float("inf"),
+                "sqnr_db": db(sig, noise),
                 "numel": int(w.numel()),
             }
         return out

@@ -12,15 +12,9 @@ import torch
 from torch import nn
 
 from qscale.lm.layers import linear_layers
-from qscale.quantize.rtn import db, quantize_layers
+from qscale.quantize.sqnr import layers_sqnr, sqnr_db
 
-__all__ = ["db", "model_sqnr", "weight_stats", "model_weight_stats", "sqnr_db"]
-
-
-def sqnr_db(w: torch.Tensor, q: torch.Tensor) -> float:
-    """SQNR of ``q`` as an approximation of ``w`` in dB: ``10*log10(sum w^2 / sum (w-q)^2)``, float64 sums."""
-    w64, q64 = w.detach().double(), q.detach().double()
-    return db(float(w64.square().sum()), float((w64 - q64).square().sum()))
+__all__ = ["model_sqnr", "weight_stats", "model_weight_stats", "sqnr_db"]
 
 
 @torch.no_grad()
@@ -30,7 +24,8 @@ def model_sqnr(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Per-layer and aggregate (sum of signal over sum of noise) SQNR of ``fmt`` on the model's linear weights.
+    """Per-layer and aggregate (sum of signal over sum of noise) SQNR of ``fmt`` on the model's linear weights:
+    ``{"layers": {name: {"sqnr_db", ...}}, "sqnr_db", "signal", "noise"}``.
 
     ``fmt`` is a Format or a spec string. The model is not modified.
     """
@@ -38,7 +33,7 @@ def model_sqnr(
         from qscale.formats import get_format
 
         fmt = get_format(fmt)
-    return quantize_layers(linear_layers(model, include, exclude), fmt, write=False)
+    return layers_sqnr(linear_layers(model, include, exclude), fmt)
 
 
 def weight_stats(w: torch.Tensor) -> dict[str, float]:

@@ -14,7 +14,8 @@ from qscale.quantize.registry import (
     quantized,
     register_method,
 )
-from qscale.quantize.rtn import RTN, db, layer_sqnr, quantize_layers
+from qscale.quantize.rtn import RTN, quantize_layers
+from qscale.quantize.sqnr import db, layer_sqnr
 
 __all__ = [
     "RTN",
@@ -31,12 +32,5 @@ __all__ = [
     "register_method",
 ]
 
-# Methods in their own modules register on import; a module not written yet is skipped, a broken one raises.
-import importlib as _importlib
-
-for _mod in ("gptq", "activation", "smoothquant", "perturb"):
-    try:
-        _importlib.import_module(f"qscale.quantize.{_mod}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"qscale.quantize.{_mod}":
-            raise
+# The methods in their own modules register themselves on import.
+from qscale.quantize import activation, gptq, perturb, smoothquant  # noqa: E402, F401

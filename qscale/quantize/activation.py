@@ -67,11 +67,9 @@ def resolve_format(spec: Any, default: Any, what: str) -> Any:
 
 def _choice(value: Any, choices: Sequence[str], what: str) -> str:
     if value not in choices:
-        import difflib
+        from qscale.registry import unknown_name_message
 
-        near = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise MethodError(f"{what}={value!r} is not valid{hint}; choose one of {list(choices)}")
+        raise MethodError(unknown_name_message(str(value), choices, what))
     return value
 
 

@@ -10,7 +10,7 @@ import typer
 
 def quantize_cmd(
     model: str = typer.Option(
-        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file."
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-m), panel:NAME or .gguf file."
     ),
     format: str | None = typer.Option(
         None, "--format", "-f", help="Format spec, e.g. int4-g128, mxfp4, nf4 (see `qscale formats`)."
@@ -58,8 +58,18 @@ def quantize_cmd(
         else:
             fmt = get_format(format)
         m = get_method(method)
-        method_params = m.resolve_params(json.loads(params))
-    except (PlanError, ValueError, json.JSONDecodeError) as err:
+        try:
+            given = json.loads(params)
+        except json.JSONDecodeError as err:
+            raise typer.BadParameter(
+                f"--params {params!r} is not JSON ({err}); e.g. --params '{{\"damp\": 0.01}}'"
+            ) from err
+        if not isinstance(given, dict):
+            raise typer.BadParameter(
+                f"--params must be a JSON object, e.g. '{{\"damp\": 0.01}}', got {params!r}"
+            )
+        method_params = m.resolve_params(given)
+    except (PlanError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
     lm = load(model)
     if plan_doc is not None:
@@ -93,8 +103,11 @@ def quantize_cmd(
             exclude=exclude or None,
         ) as info:
             if out is not None:
+                from qscale.progress import quiet_third_party
+
                 out.mkdir(parents=True, exist_ok=True)
-                lm.model.save_pretrained(out)
+                with quiet_third_party():  # no "Writing model shards" bar
+                    lm.model.save_pretrained(out)
                 if lm.tokenizer is not None:
                     lm.tokenizer.save_pretrained(out)
                 (out / "qscale_quantized.json").write_text(

@@ -56,7 +56,7 @@ from torch import nn
 
 from qscale.lm.layers import LinearRef
 from qscale.quantize.registry import Method, MethodContext, MethodError, layer_format, register_method
-from qscale.quantize.rtn import db, layer_sqnr
+from qscale.quantize.sqnr import db, layer_sqnr
 
 __all__ = [
     "GPTQ",

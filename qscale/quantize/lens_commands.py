@@ -10,7 +10,7 @@ import typer
 
 def lens_cmd(
     model: str = typer.Option(
-        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:llama-s) or .gguf file."
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-m), panel:NAME or .gguf file."
     ),
     max_tokens: int = typer.Option(4096, "--max-tokens", help="Evaluation tokens (test split)."),
     corpus: str = typer.Option("enwiki_gensim", "--corpus", help="Evaluation corpus (see `qscale corpora`)."),

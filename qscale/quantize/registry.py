@@ -15,7 +15,6 @@ are bit-identical to the originals.
 
 from __future__ import annotations
 
-import difflib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from qscale.lm.layers import LinearRef, linear_layers
+from qscale.registry import unknown_name_message
 
 __all__ = [
     "Method",
@@ -114,10 +114,7 @@ def get_method(name: str) -> Method:
     """A fresh instance of the method called ``name`` (or an alias); unknown names suggest the nearest."""
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in _REGISTRY:
-        choices = sorted([*_REGISTRY, *_ALIASES])
-        near = difflib.get_close_matches(name, choices, n=3)
-        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-        raise MethodError(f"unknown method {name!r}{hint}; valid methods: {', '.join(list_methods())}")
+        raise MethodError(unknown_name_message(name, list_methods(), "method"))
     return _REGISTRY[key]()
 
 

@@ -52,6 +52,18 @@ def serve_cmd(
     for d in model_dir:
         if not d.expanduser().is_dir():
             raise typer.BadParameter(f"--model-dir {d}: not a directory")
+    if models_dir is not None and not models_dir.expanduser().is_dir():
+        raise typer.BadParameter(
+            f"--models {models_dir}: not a directory of fitted laws (see `qscale laws list`)"
+        )
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port)
+    except (socket.gaierror, UnicodeError) as err:
+        raise typer.BadParameter(
+            f"--host {host!r}: cannot bind it ({err}); give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from err
     if host in WILDCARD_BINDS and not allowed_host:
         typer.secho(
             f"binding {host!r}: only loopback Host headers are accepted; add --allowed-host NAME for the "

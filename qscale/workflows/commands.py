@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 import typing
 from pathlib import Path
 
 import typer
 
 from qscale.laws import commands as law_commands
+from qscale.progress import PROGRESS_HELP
 
 profile_app = typer.Typer(
     help="Sensitivity profiles: one calibration pass per model, KL predictions for every format.",
@@ -23,10 +25,20 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    return lambda fmt: typer.secho(f"  predicted {fmt}", err=True, dim=True)
+def _load_and_profile(model: str, bar, *, models_dir: Path | None, alpha: float):
+    """Load MODEL and compute (or read the cached) sensitivity profile, each a row of ``bar``; the workflow then
+    finds the profile in its cache. A missing calibration fails before the profile pass, as in the workflow."""
+    from qscale.lm import load
+    from qscale.measure.sensitivity import cached_profile
+    from qscale.workflows.profile import calibrations, population
+
+    with bar.step(f"load {model}"):
+        lm = load(model)
+    calibrations(population(lm.name), models_dir, alpha)
+    row = bar.task("sensitivity profile")
+    _, _, computed = cached_profile(lm, progress=row.callback())
+    row.done(note="computed" if computed else "cached")
+    return lm, computed
 
 
 def profile_predict(
@@ -37,25 +49,33 @@ def profile_predict(
     budget: float | None,
     as_json: bool,
     breakdown: bool,
-    progress: bool,
+    progress: bool | None,
     models_dir: Path | None,
 ) -> None:
     """`qscale predict --model M --formats ...` without --law: the profile workflow."""
     from qscale.laws.estimators import LawError
     from qscale.lm.loading import LoadError
+    from qscale.progress import Progress, wanted
     from qscale.workflows.profile import predict_model
 
     skipped: dict[str, str] = {}
     try:
-        out = predict_model(
-            model,
-            specs,
-            alpha=alpha,
-            models_dir=models_dir,
-            breakdown=breakdown,
-            skipped=skipped,
-            progress=_progress(progress),
-        )
+        with Progress(wanted(progress)) as bar:
+            lm, computed = _load_and_profile(model, bar, models_dir=models_dir, alpha=alpha)
+            row = bar.task("predict formats", total=len(specs))
+            out = predict_model(
+                lm,
+                specs,
+                alpha=alpha,
+                models_dir=models_dir,
+                breakdown=breakdown,
+                skipped=skipped,
+                progress=lambda fmt: row.advance(note=fmt),
+            )
+            row.done()
+        if computed:  # the profile pass ran above; the workflow then read it from the cache
+            out["profile"]["computed"] = True
+            out["profile"]["seconds"] = out["profile"]["profile_seconds_when_computed"]
     except (LawError, LoadError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
@@ -114,6 +134,26 @@ def predict_cmd(**kwargs) -> None:
                 "give --model (the profile law predicts from the model's weights) or --law NAME "
                 "(see `qscale laws list`)"
             )
+        law_only = [
+            opt
+            for opt, key in (
+                ("--params-b", "params_b"),
+                ("--bits", "bits"),
+                ("--group-size", "group_size"),
+                ("--method", "method"),
+                ("--family", "family"),
+                ("--train-tokens", "train_tokens"),
+                ("--feature", "feature"),
+                ("--baseline-ppl", "baseline_ppl"),
+                ("--extrapolate", "extrapolate"),
+            )
+            if kwargs.get(key) not in (None, False, [], ())
+        ]
+        if law_only:
+            _fail(
+                f"{', '.join(law_only)} apply to a named law (--law NAME, see `qscale laws list`); the profile law "
+                "predicts from the model's own weights and RTN"
+            )
         from qscale.formats import expand_formats
 
         spec = kwargs.get("formats") or kwargs.get("format")
@@ -165,8 +205,8 @@ def validate_cmd(
     ship: bool = typer.Option(
         False, "--ship", help="Also fit on every model and save models/profile-*.json."
     ),
-    cache: Path = typer.Option(
-        Path("data/profile_raw.json"), "--cache", help="Raw predictions cache (JSON)."
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Raw predictions cache (JSON; default: the repository's data/profile_raw.json)."
     ),
     models_dir: Path | None = typer.Option(None, "--models-dir"),
 ) -> None:
@@ -195,17 +235,27 @@ def compute_cmd(
         1, "--label-draws", min=1, help="Sampled label sets per calibration row."
     ),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore a cached profile."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Compute (or show the cached) sensitivity profile of a model: cost and the most sensitive layers."""
     from qscale.lm import load
     from qscale.lm.loading import LoadError
     from qscale.measure.sensitivity import cached_profile
+    from qscale.progress import Progress, wanted
 
     try:
-        lm = load(model)
-        prof, path, computed = cached_profile(
-            lm, estimator=estimator, label_draws=label_draws, recompute=recompute
-        )
+        with Progress(wanted(progress)) as bar:
+            with bar.step(f"load {model}"):
+                lm = load(model)
+            row = bar.task("sensitivity profile")
+            prof, path, computed = cached_profile(
+                lm,
+                estimator=estimator,
+                label_draws=label_draws,
+                recompute=recompute,
+                progress=row.callback(),
+            )
+            row.done(note="computed" if computed else "cached")
     except (LoadError, ValueError) as err:
         _fail(str(err))
         return
@@ -222,6 +272,19 @@ def compute_cmd(
         )
 
 
+def _bits_per_weight(value: float | None) -> float | None:
+    """--target-bpw checked before the model is loaded (the plan workflow checks it again)."""
+    if value is not None and not (0 < value <= 32):
+        raise typer.BadParameter(f"must be in (0, 32] bits per weight, got {value:g}")
+    return value
+
+
+def _positive_kl(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be a positive KL in nats/token, got {value:g}")
+    return value
+
+
 def plan_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="zoo:NAME, panel:NAME, an HF directory or a .gguf file."
@@ -232,10 +295,16 @@ def plan_cmd(
         help="Formats a layer may take (comma list or a set; see `qscale formats`).",
     ),
     target_bpw: float | None = typer.Option(
-        None, "--target-bpw", help="Average bits per weight to stay at or under (scales counted)."
+        None,
+        "--target-bpw",
+        callback=_bits_per_weight,
+        help="Average bits per weight to stay at or under, in (0, 32] (scales counted).",
     ),
     max_kld: float | None = typer.Option(
-        None, "--max-kld", help="The dual: the fewest bits whose predicted KL (nats/token) is at most this."
+        None,
+        "--max-kld",
+        callback=_positive_kl,
+        help="The dual: the fewest bits whose predicted KL (nats/token, > 0) is at most this.",
     ),
     keep: list[str] = typer.Option(
         None, "--keep", help="Layer name patterns kept in 16-bit (counted at 16 bits per weight); repeatable."
@@ -250,6 +319,7 @@ def plan_cmd(
     alpha: float = typer.Option(0.1, "--alpha", min=0.01, max=0.5, help="Interval miscoverage (0.1: 90%)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Where the profile calibration lives."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Choose one format per linear layer for a bits budget (or a KL ceiling) from the model's predicted damage."""
     from qscale.formats import expand_formats
@@ -260,27 +330,34 @@ def plan_cmd(
     for s in anchor or []:
         if not s.is_file():
             _fail(f"--anchor {s}: no run store there")
+    from qscale.progress import Progress, wanted
+
+    t0 = time.perf_counter()
     try:
         specs = expand_formats(candidates)
-        subject: object = model
-        anchors = None
-        if anchor:
-            from qscale.lm import load
-
-            subject = load(model)
-            anchors = anchors_from_stores(anchor, subject)
-            if not anchors:
-                raise PlanError(f"the stores {[str(a) for a in anchor]} hold no measured RTN run of {model}")
-        plan = plan_model(
-            subject,
-            specs,
-            anchors=anchors,
-            target_bpw=target_bpw,
-            max_kld=max_kld,
-            keep=keep or (),
-            alpha=alpha,
-            models_dir=models_dir,
-        )
+        if (target_bpw is None) == (max_kld is None):  # before the model is loaded (plan_model checks it too)
+            raise PlanError("give exactly one of --target-bpw and --max-kld")
+        with Progress(wanted(progress)) as bar:
+            lm, _ = _load_and_profile(model, bar, models_dir=models_dir, alpha=alpha)
+            anchors = None
+            if anchor:
+                anchors = anchors_from_stores(anchor, lm)
+                if not anchors:
+                    raise PlanError(
+                        f"the stores {[str(a) for a in anchor]} hold no measured RTN run of {model}"
+                    )
+            with bar.step(f"plan ({len(specs)} candidates)"):
+                plan = plan_model(
+                    lm,
+                    specs,
+                    anchors=anchors,
+                    target_bpw=target_bpw,
+                    max_kld=max_kld,
+                    keep=keep or (),
+                    alpha=alpha,
+                    models_dir=models_dir,
+                )
+        plan["seconds"]["total"] = round(time.perf_counter() - t0, 2)  # the model load and profile included
     except (PlanError, LawError, LoadError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
@@ -352,8 +429,61 @@ def export_cmd(
         typer.secho(n, err=True, dim=True)
 
 
+def demo_cmd(
+    out: Path = typer.Option(
+        Path("qscale-demo"),
+        "--out",
+        help="The demo's own folder (run stores, laws, report, plan); resumed when it exists.",
+    ),
+    real: bool | None = typer.Option(
+        None,
+        "--real/--no-real",
+        help="The real-model step: default when the panel model is built; --real also builds it.",
+    ),
+    plan_bpw: float = typer.Option(
+        4.5, "--plan-bpw", help="Bits budget of the real model's plan (bits per weight)."
+    ),
+    measure_plan: bool = typer.Option(
+        True, "--measure-plan/--no-measure-plan", help="Also measure the plan's KL."
+    ),
+    estimators: str = typer.Option(
+        "all", "--estimators", help="Law presets to compare: 'all' or a comma list."
+    ),
+    spec_path: Path | None = typer.Option(
+        None, "--spec", help="The tiny-zoo sweep (default data/sweeps/demo_zoo.yaml)."
+    ),
+    real_spec: Path | None = typer.Option(
+        None, "--real-spec", help="The real-model sweep (default data/sweeps/demo_real.yaml)."
+    ),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The whole job, measured, in its own folder: train the tiny zoo if missing, collect, fit laws, predict a
+    held-out family beside the baselines, and predict / measure / plan a real model."""
+    from qscale.progress import quiet_third_party
+    from qscale.workflows.demo import REAL_SPEC, ZOO_SPEC, DemoError, run_demo
+
+    try:
+        with quiet_third_party():
+            summary = run_demo(
+                out,
+                zoo_spec=spec_path or ZOO_SPEC,
+                real_spec=real_spec or REAL_SPEC,
+                real=real,
+                plan_bpw=plan_bpw,
+                measure_plan=measure_plan,
+                estimators=estimators,
+                progress=progress,
+                echo=typer.echo,
+            )
+    except DemoError as err:
+        _fail(str(err))
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_cmd)
     app.add_typer(profile_app, name="profile")
     app.command("plan")(plan_cmd)
     app.command("export")(export_cmd)
+    app.command("demo")(demo_cmd)

@@ -322,7 +322,7 @@ def validate(
     *,
     out_dir: str | Path = "reports",
     models_dir: str | Path | None = None,
-    cache: str | Path = "data/profile_raw.json",
+    cache: str | Path | None = None,
     ship: bool = False,
     alpha: float = 0.1,
     log: Callable[[str], None] = print,
@@ -330,11 +330,16 @@ def validate(
     """Leave-one-model-out validation of the profile law on the stores' RTN runs, per population (real models,
     the tiny zoo) and target (kld, dnll), for each calibration form; the form with the lowest median held-out
     error is chosen. With ``ship`` the chosen forms are fitted on all models of their population and saved to
-    ``models/profile-<target>[-zoo].json``. Writes ``<out_dir>/profile_validation.md`` (+ csv, figure)."""
+    ``models/profile-<target>[-zoo].json``. Writes ``<out_dir>/profile_validation.md`` (+ csv, figure). ``cache``
+    (default: the repository's ``data/profile_raw.json``) keeps the raw predictions."""
     import pandas as pd
 
     from qscale.laws.profile import FORMS
 
+    if cache is None:
+        from qscale.paths import repo_path
+
+        cache = repo_path("data/profile_raw.json", option="--cache")
     df = raw_predictions(measured_runs(stores), cache=cache, log=log)
     df["population"] = [population(m) for m in df["model"]]
     out = Path(out_dir)

@@ -78,7 +78,10 @@ def test_cli_errors_name_the_problem(tmp_path, tiny_models):
 
     spec = _spec_file(tmp_path, tiny_models[:1])
     res = runner.invoke(app, ["collect", str(spec), "--backend", "rey"])
-    assert res.exit_code == 2 and "unknown backend 'rey' (did you mean ray?)" in res.output
+    assert (
+        res.exit_code == 2
+        and "unknown backend 'rey'. Did you mean 'ray'? Valid choices: local, ray." in res.output
+    )
 
     res = runner.invoke(app, ["runs", "list", "--store", str(tmp_path / "none.sqlite")])
     assert res.exit_code == 2 and "no run store" in res.output

@@ -249,7 +249,7 @@ def test_protocol_errors(tok_bos):
     docs = ["some text " * 20]
     with pytest.raises(WindowError, match="Did you mean 'rolling'"):
         windows_from_documents(tok_bos, docs, "rollin", 16)
-    with pytest.raises(WindowError, match="valid protocols: stride, rolling"):
+    with pytest.raises(WindowError, match="Valid choices: stride, rolling"):
         get_windows(tok_bos, "lee_news", "test", "gptq", 16)
     with pytest.raises(WindowError, match="only to protocol='rolling'"):
         windows_from_documents(tok_bos, docs, "stride", 16, stride=4)

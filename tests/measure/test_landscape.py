@@ -421,11 +421,11 @@ def test_plain_module_lm_and_clear_errors():
         hessian_trace(_TinyLM(_NoDoubleBackward.apply).double(), ids, samples=2)
     with pytest.raises(CurvatureError, match="float32 or float64"):
         hessian_trace(_TinyLM(torch.tanh).to(torch.bfloat16), ids, samples=2)
-    with pytest.raises(CurvatureError, match="did you mean 'block'"):
+    with pytest.raises(CurvatureError, match="Did you mean 'block'"):
         hessian_trace(model, ids, samples=2, group_by="blocks")
-    with pytest.raises(CurvatureError, match="did you mean 'power'"):
+    with pytest.raises(CurvatureError, match="Did you mean 'power'"):
         hessian_top_eigenvalues(model, ids, method="powr")
-    with pytest.raises(CurvatureError, match="did you mean fc.weight"):
+    with pytest.raises(CurvatureError, match="Did you mean 'fc.weight'"):
         hessian_trace(model, ids, params=["fc.weigth"], samples=2)
     with pytest.raises(CurvatureError, match="samples"):
         hessian_trace(model, ids, samples=1)

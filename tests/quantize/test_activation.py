@@ -110,7 +110,7 @@ def test_static_mx_and_bad_choices_are_clear_errors():
     ):
         pass
     with (
-        pytest.raises(MethodError, match="did you mean 'dynamic'"),
+        pytest.raises(MethodError, match="Did you mean 'dynamic'"),
         quantized(model, "int8", method="act-quant", params={"a_scale": "dynamc"}),
     ):
         pass

@@ -111,8 +111,8 @@ def test_bad_parameters_are_clear():
     cases = [
         ({"rel": 0.1, "match": "int4"}, "not both"),
         ({"mode": "independent"}, "needs a strength"),
-        ({"rel": 0.1, "noise": "gausian"}, "did you mean 'gaussian'"),
-        ({"rel": 0.1, "mode": "awre"}, "did you mean 'aware'"),
+        ({"rel": 0.1, "noise": "gausian"}, "Did you mean 'gaussian'"),
+        ({"rel": 0.1, "mode": "awre"}, "Did you mean 'aware'"),
         ({"rel": -1.0}, "non-negative"),
     ]
     for params, msg in cases:

@@ -12,7 +12,7 @@ from qscale.formats import get_format
 from qscale.lm.layers import linear_layers
 from qscale.measure.weights import model_sqnr, sqnr_db, weight_stats
 from qscale.quantize import MethodError, MethodSpec, get_method, quantized
-from qscale.quantize.rtn import db
+from qscale.quantize.sqnr import db
 
 
 def _gpt2():
@@ -123,7 +123,7 @@ def test_db_and_weight_stats_worked_numbers():
 
 
 def test_method_errors_name_valid_choices():
-    with pytest.raises(MethodError, match="did you mean 'rtn'"):
+    with pytest.raises(MethodError, match="Did you mean 'rtn'"):
         get_method("rnt")
     with pytest.raises(MethodError, match="unknown parameter"):
         MethodSpec.of("rtn", {"damp": 0.1})
