@@ -33,7 +33,7 @@ _COMMAND_MODULES = (
     "qscale.quantize.lens_commands",  # lens
     "qscale.measure.commands",  # eval
     "qscale.measure.landscape_commands",  # landscape, outliers
-    "qscale.collect.commands",  # collect, runs, demo
+    "qscale.collect.commands",  # collect, runs
     "qscale.laws.commands",  # fit, laws
     "qscale.workflows.commands",  # predict, profile
     "qscale.report.commands",  # report

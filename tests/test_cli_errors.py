@@ -187,3 +187,29 @@ def test_a_bug_keeps_its_traceback():
     from qscale.lm.loading import LoadError
 
     assert user_error(FormatError("x")) and user_error(LoadError("y"))
+
+
+def test_fit_changes_the_shipped_laws_only_when_asked(capsys):
+    """`qscale fit` needs --out to save, and never replaces a law without --force (issue 17: no silent damage)."""
+    import hashlib
+
+    from qscale.laws.artifacts import MODELS_DIR
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for p in sorted(MODELS_DIR.rglob("*")):
+            if p.is_file():
+                h.update(p.name.encode() + p.read_bytes())
+        return h.hexdigest()
+
+    before = digest()
+    base = ["fit", "--public", "--target", "kld", "--estimator", "bits-only", "--cv", "family"]
+    for argv, needle in (
+        (base, "give --out DIR"),
+        ([*base, "--out", str(MODELS_DIR), "--name", "public-kld"], "already holds a law; pass --force"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        text = "".join(capsys.readouterr())
+        assert exc.value.code == 2 and needle in text and "Traceback" not in text, text
+    assert digest() == before

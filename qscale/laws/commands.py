@@ -45,8 +45,12 @@ def fit_cmd(
         0.1, "--alpha", min=0.01, max=0.5, help="Interval miscoverage (0.1 -> 90% intervals)."
     ),
     models_dir: Path | None = typer.Option(
-        None, "--models-dir", help="Where laws are saved (default models/)."
+        None,
+        "--out",
+        "--models-dir",
+        help="Where the law is saved (required unless --no-save; '--out models' adds to the shipped laws).",
     ),
+    force: bool = typer.Option(False, "--force", help="Replace a law of the same name in --out."),
 ) -> None:
     """Compare estimators by grouped cross-validation (side by side) and save the chosen law."""
     from rich.console import Console
@@ -60,6 +64,11 @@ def fit_cmd(
         data = load_fit_data(runs=runs, public=public, target=target)
     except (LawError, FileNotFoundError) as err:
         _fail(str(err))
+        return
+    if not no_save and models_dir is None:  # the shipped laws change only when asked
+        _fail(
+            "give --out DIR to save the law ('--out models' adds to the shipped laws), or --no-save to compare only"
+        )
         return
     try:
         names = parse_estimators(estimator, data.kind)
@@ -94,6 +103,11 @@ def fit_cmd(
     try:
         preset = ship or (names[0] if len(names) == 1 else choose(scores, schemes[0]))
         law_name = name or f"{data.kind}-{preset}"
+        if (Path(models_dir) / law_name / "manifest.json").exists() and not force:
+            _fail(
+                f"{Path(models_dir) / law_name} already holds a law; pass --force, or another --name / --out"
+            )
+            return
         law = fit_law(data, preset, law_name, schemes[0], scores=scores, models_dir=models_dir)
     except LawError as err:
         _fail(str(err))
