@@ -176,27 +176,27 @@ _ACT_METHODS = frozenset({"quarot", "spinquant", "qoq", "atom", "smoothquant"})
 
 @dataclass(frozen=True)
 class PublicTarget:
-    """A damage measure the public rows give: the column, its unit, the asinh scale laws fit it in."""
+    """A damage measure the public rows give: the column, the asinh scale laws fit it in; its unit is the one
+    every law of that target reports (``qscale.laws.artifacts.TARGET_UNITS``)."""
 
     name: str
-    unit: str
     scale: float
     description: str
+
+    @property
+    def unit(self) -> str:
+        from qscale.laws.artifacts import TARGET_UNITS
+
+        return TARGET_UNITS[self.name]
 
 
 #: The targets public laws predict; each row feeds at most one (by its metric).
 TARGETS: dict[str, PublicTarget] = {
     t.name: t
     for t in (
-        PublicTarget(
-            "log_ppl_ratio", "nats/token (log ppl ratio)", 1e-3, "log(ppl_q / ppl_fp16), same table"
-        ),
-        PublicTarget(
-            "kld", "nats/token (mean KL to fp16)", 1e-3, "mean token KL of the quantized to the fp16 model"
-        ),
-        PublicTarget(
-            "acc_drop", "accuracy points (0-100)", 0.1, "baseline accuracy - quantized accuracy, same task"
-        ),
+        PublicTarget("log_ppl_ratio", 1e-3, "log(ppl_q / ppl_fp16), same table"),
+        PublicTarget("kld", 1e-3, "mean token KL of the quantized to the fp16 model"),
+        PublicTarget("acc_drop", 0.1, "baseline accuracy - quantized accuracy, same task"),
     )
 }
 
@@ -683,11 +683,14 @@ def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
 
 
 def _spec_group(spec: str) -> tuple[float, bool]:
-    """(group size, per_channel) of a qscale spec: int4-g128 -> (128, False), int8-pc -> (nan, True)."""
-    m = re.search(r"-(?:g|b)(\d+)", spec)
-    if m:
-        return float(m.group(1)), False
-    return math.nan, spec.endswith("-pc") or "-pc-" in spec
+    """(group size, per_channel) of a qscale spec, from its Format: int4-g128 -> (128, False), int8-pc ->
+    (nan, True), mxfp4-e2m1-b32 -> (32, False)."""
+    from qscale.formats import get_format
+
+    fmt = get_format(spec)
+    if fmt.granularity == "group":
+        return float(fmt.group_size), False
+    return math.nan, fmt.granularity == "channel"
 
 
 def public_fit_frame(path: str | Path | None = None, target: str = "log_ppl_ratio") -> pd.DataFrame:

@@ -56,7 +56,7 @@ from torch import nn
 
 from qscale.lm.layers import LinearRef
 from qscale.quantize.registry import Method, MethodContext, MethodError, layer_format, register_method
-from qscale.quantize.sqnr import db, layer_sqnr
+from qscale.quantize.sqnr import db, layer_record, layer_sqnr
 
 __all__ = [
     "GPTQ",
@@ -419,13 +419,7 @@ def gptq_model(
                         save(ref.weight)
                     ref.set_weight(res.q)
                     signal, noise = layer_sqnr(w, res.q)
-                    per_layer[ref.name] = {
-                        **res.record(),
-                        "sqnr_db": db(signal, noise),
-                        "signal": signal,
-                        "noise": noise,
-                        "shape": [ref.out_features, ref.in_features],
-                    }
+                    per_layer[ref.name] = {**res.record(), **layer_record(ref, signal, noise)}
                     total_s += signal
                     total_n += noise
                     done.add(ref.name)

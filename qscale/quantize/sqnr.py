@@ -18,7 +18,7 @@ from qscale.kernels import fake_quant_with_sqnr
 from qscale.lm.layers import LinearRef
 from qscale.quantize.registry import layer_format
 
-__all__ = ["db", "fake_quant_sqnr", "layer_sqnr", "layers_sqnr", "sqnr_db"]
+__all__ = ["db", "fake_quant_sqnr", "layer_record", "layer_sqnr", "layers_sqnr", "sqnr_db"]
 
 
 def db(signal: float, noise: float) -> float:
@@ -50,6 +50,16 @@ def fake_quant_sqnr(fmt: Any, w: torch.Tensor) -> tuple[torch.Tensor, float, flo
 
 
 @torch.no_grad()
+def layer_record(ref: Any, signal: float, noise: float) -> dict[str, Any]:
+    """One layer's entry in a quantization report: sqnr_db, signal, noise and the weight's [out, in] shape."""
+    return {
+        "sqnr_db": db(signal, noise),
+        "signal": signal,
+        "noise": noise,
+        "shape": [ref.out_features, ref.in_features],
+    }
+
+
 def layers_sqnr(
     layers: Sequence[LinearRef],
     fmt: Any,
@@ -67,12 +77,7 @@ def layers_sqnr(
         q, signal, noise = fake_quant_sqnr(layer_format(fmt, ref.name), ref.get_weight().contiguous())
         if on_quantized is not None:
             on_quantized(ref, q)
-        per_layer[ref.name] = {
-            "sqnr_db": db(signal, noise),
-            "signal": signal,
-            "noise": noise,
-            "shape": [ref.out_features, ref.in_features],
-        }
+        per_layer[ref.name] = layer_record(ref, signal, noise)
         total_s += signal
         total_n += noise
     return {"layers": per_layer, "sqnr_db": db(total_s, total_n), "signal": total_s, "noise": total_n}

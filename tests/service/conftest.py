@@ -45,14 +45,12 @@ def public_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synthetic_zoo_frame(target: str, slope: float, seed: int):
+    """A zoo-style law table: 3 families x 3 sizes x 5 SQNRs, damage exp(-slope * sqnr_db) with 10% noise."""
     import numpy as np
     import pandas as pd
 
-    from qscale.laws.fitting import FitData, fit_law
-
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     rows = []
     for fam in ("gpt2", "llama", "opt"):
         for size, n in (("s", 1e5), ("m", 4e5), ("l", 1.6e6)):
@@ -60,10 +58,18 @@ def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 rows.append(
                     {"model": f"{fam}-{size}", "family": fam, "size": size, "n_nonembed": n, "sqnr_db": sq,
                      "bits_per_element": sq / 6, "element_bits": sq / 6, "fmt_family": "int",
-                     "dnll": float(np.exp(-0.23 * sq) * (1 + 0.1 * rng.standard_normal()))}
+                     target: float(np.exp(-slope * sq) * (1 + 0.1 * rng.standard_normal()))}
                 )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qscale.laws.fitting import FitData, fit_law
+
     d = tmp_path_factory.mktemp("zoo-models")
-    fit_law(FitData("zoo", pd.DataFrame(rows), "synthetic"), "sqnr-only", "zoo-svc", "family", models_dir=d)
+    frame = synthetic_zoo_frame("dnll", slope=0.23, seed=0)
+    fit_law(FitData("zoo", frame, "synthetic"), "sqnr-only", "zoo-svc", "family", models_dir=d)
     return d
 
 

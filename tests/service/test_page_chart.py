@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 import qscale.service.app as service_app  # noqa: E402
 from qscale.laws.profile import ProfileCalibration  # noqa: E402
 
-from .conftest import CHROMIUM, chromium_page, live_server  # noqa: E402
+from .conftest import CHROMIUM, chromium_page, live_server, synthetic_zoo_frame  # noqa: E402
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (apt-get install chromium)")
 
@@ -66,23 +66,11 @@ READ = """(() => {
 
 @pytest.fixture(scope="module")
 def chart_url(tmp_path_factory, model_dir):
-    import numpy as np
-    import pandas as pd
 
     from qscale.laws.fitting import FitData, fit_law
 
     md = tmp_path_factory.mktemp("chart-models")
-    rng = np.random.default_rng(1)
-    rows = []
-    for fam in ("gpt2", "llama", "opt"):
-        for size, n in (("s", 1e5), ("m", 4e5), ("l", 1.6e6)):
-            for sq in (5.0, 10.0, 15.0, 20.0, 25.0):
-                rows.append(
-                    {"model": f"{fam}-{size}", "family": fam, "size": size, "n_nonembed": n, "sqnr_db": sq,
-                     "bits_per_element": sq / 6, "element_bits": sq / 6, "fmt_family": "int",
-                     "kld": float(np.exp(-0.3 * sq) * (1 + 0.1 * rng.standard_normal()))}
-                )  # fmt: skip
-    frame = FitData("zoo", pd.DataFrame(rows), "synthetic", target="kld")
+    frame = FitData("zoo", synthetic_zoo_frame("kld", slope=0.3, seed=1), "synthetic", target="kld")
     fit_law(frame, "sqnr-only", "zoo-kld-svc", "family", models_dir=md)
     ProfileCalibration(
         a_=0.0, b_=1.0, q_=0.3, models_=["x", "y"], n_runs_=10, raw_range_=(1e-6, 10.0), lomo_abs_resid_=[0.3] * 10
