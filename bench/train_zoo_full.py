@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    from qscale.lm.zoo import list_zoo, select, train_zoo
+    from qscale.lm.zoo import list_zoo, select
+    from qscale.lm.zoo_train import train_zoo
 
     families = args.families.split(",") if args.families else None
     specs = select(args.preset, families)

@@ -29,13 +29,11 @@ _COMMAND_MODULES = (
     "qscale.formats.commands",  # formats
     "qscale.corpora.commands",  # corpora
     "qscale.lm.commands",  # zoo train|list
-    "qscale.quantize.commands",  # quantize
-    "qscale.quantize.lens_commands",  # lens
-    "qscale.measure.commands",  # eval
+    "qscale.measure.commands",  # quantize, eval
     "qscale.measure.landscape_commands",  # landscape, outliers
     "qscale.collect.commands",  # collect, runs
     "qscale.laws.commands",  # fit, laws
-    "qscale.workflows.commands",  # predict, profile
+    "qscale.workflows.commands",  # predict, profile, plan, export, demo, lens
     "qscale.report.commands",  # report
     "qscale.service.commands",  # serve
 )

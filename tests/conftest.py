@@ -59,7 +59,8 @@ def tiny_zoo(zoo_root: Path) -> dict[str, Path]:
     import torch
 
     from qscale.lm.locking import exclusive
-    from qscale.lm.zoo import preset_hash, train_zoo
+    from qscale.lm.zoo import preset_hash
+    from qscale.lm.zoo_train import train_zoo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription, same weights everywhere

@@ -193,11 +193,13 @@ def test_fit_changes_the_shipped_laws_only_when_asked(capsys):
     """`qscale fit` needs --out to save, and never replaces a law without --force (issue 17: no silent damage)."""
     import hashlib
 
-    from qscale.laws.artifacts import MODELS_DIR
+    from qscale.laws.artifacts import default_models_dir
+
+    models_dir = default_models_dir()
 
     def digest() -> str:
         h = hashlib.sha256()
-        for p in sorted(MODELS_DIR.rglob("*")):
+        for p in sorted(models_dir.rglob("*")):
             if p.is_file():
                 h.update(p.name.encode() + p.read_bytes())
         return h.hexdigest()
@@ -206,7 +208,7 @@ def test_fit_changes_the_shipped_laws_only_when_asked(capsys):
     base = ["fit", "--public", "--target", "kld", "--estimator", "bits-only", "--cv", "family"]
     for argv, needle in (
         (base, "give --out DIR"),
-        ([*base, "--out", str(MODELS_DIR), "--name", "public-kld"], "already holds a law; pass --force"),
+        ([*base, "--out", str(models_dir), "--name", "public-kld"], "already holds a law; pass --force"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)

@@ -28,13 +28,8 @@ LAYERS = (
 
 
 #: Upward imports that exist today and are to be removed by the renovation (issue 16); nothing may be added.
-KNOWN = {
-    (
-        "formats",
-        "kernels",
-    ),  # Format.fake_quant / make_quantizer call the kernels (the kernel entry points should take a format)
-    ("quantize", "measure"),  # quantize/lens.py evaluates models (the lens study is a workflow)
-}
+#: Empty since issue 16 §3: the kernel entry points take a format, and the lens study is a workflow.
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _rank(part: str) -> int | None:

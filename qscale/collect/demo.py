@@ -1,6 +1,6 @@
 """The collection steps of ``qscale demo`` (the demo itself is :mod:`qscale.workflows.demo`).
 
-* :func:`ensure_zoo`: train the tiny zoo's missing models (``qscale.lm.zoo.train_zoo``; reused when present);
+* :func:`ensure_zoo`: train the tiny zoo's missing models (``qscale.lm.zoo_train.train_zoo``; reused when present);
 * :func:`collect_into`: collect a demo sweep (``data/sweeps/demo_zoo.yaml``, ``data/sweeps/demo_real.yaml``) into
   the demo's own run store, resuming: finished runs are reused and the line printed says how many.
 
@@ -25,7 +25,8 @@ def fmt_s(seconds: float) -> str:
 
 def ensure_zoo(echo: Callable[[str], None], step: str, preset: str = "tiny") -> float:
     """Train the zoo preset's missing models; returns the seconds spent (0 when all were present)."""
-    from qscale.lm.zoo import list_zoo, train_zoo
+    from qscale.lm.zoo import list_zoo
+    from qscale.lm.zoo_train import train_zoo
 
     missing = [e.name for e in list_zoo(preset=preset) if e.status != "trained"]
     if not missing:

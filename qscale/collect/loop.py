@@ -129,16 +129,16 @@ def collect_model(
     """Measure ``runs`` (all of model ``model_ref``), calling ``on_row(row)`` after each finished run.
 
     Runs whose key is in ``skip_keys`` are not measured. ``feature_calibration`` gives the calibration
-    tokens (``ctx.calib``) of data-dependent features (cost "eval" / "hvp"). Returns a summary:
+    tokens (``ctx.calib``) of the features that depend on it (setting "calibration"). Returns a summary:
     ``model_ref``, ``identity``, ``facts``, ``signature``, ``n_done``, ``n_skipped``, ``n_error``,
     ``stopped`` and ``load_s``.
     """
     import torch
 
-    from qscale.collect.features import compute_features as _features
-    from qscale.collect.features import float_eval_key, get_feature
     from qscale.collect.provenance import provenance as _prov
     from qscale.corpora import calibration_batch, get_windows
+    from qscale.features import FORMAT_LEVELS, float_eval_key, get_feature
+    from qscale.features import compute_features as _features
     from qscale.formats import get_format
     from qscale.lm.loading import load
     from qscale.measure import evaluate_windows, reference_outputs
@@ -158,10 +158,10 @@ def collect_model(
         "load_s": 0.0,
     }
     model_features = [n for n in features if get_feature(n).level == "model"]
-    format_features = [n for n in features if get_feature(n).level == "model_format"]
-    # Features that look at data (cost "eval" / "hvp") get the sweep's first calibration batch as ctx.calib.
+    format_features = [n for n in features if get_feature(n).level in FORMAT_LEVELS]
+    # Features that depend on the calibration setting get the sweep's first calibration batch as ctx.calib.
     needs_calib = feature_calibration is not None and any(
-        get_feature(n).cost in ("eval", "hvp") for n in features
+        "calibration" in get_feature(n).settings for n in features
     )
 
     # Eager attention only where double backward is needed (HVP features); SDPA is faster on CPU and GPU

@@ -30,7 +30,6 @@ from qscale.collect.spec import (
     CalibrationSpec,
     PlannedRun,
     SweepSpec,
-    data_features,
     feature_calibration,
     feature_settings,
     group_by_model,
@@ -38,6 +37,7 @@ from qscale.collect.spec import (
     recorded_feature_settings,
 )
 from qscale.collect.store import RunStore
+from qscale.features import data_features
 
 BACKENDS = ("local", "ray")
 
@@ -203,7 +203,7 @@ def lacking_features(store: RunStore, features: Sequence[str]) -> set[str]:
     """Keys of "ok" runs whose stored features lack at least one of ``features``."""
     if not features:
         return set()
-    from qscale.collect.features import list_features
+    from qscale.features import list_features
 
     names = [f.name for f in list_features()]
     return {
@@ -291,11 +291,9 @@ def collect(
 ) -> CollectResult:
     """Measure every planned run of ``spec`` that the store does not have yet; rows go to ``store``."""
     if backend not in BACKENDS:
-        import difflib
+        from qscale.registry import unknown_name_message
 
-        close = difflib.get_close_matches(backend, BACKENDS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise CollectError(f"unknown backend {backend!r}{hint}; valid backends: {', '.join(BACKENDS)}")
+        raise CollectError(unknown_name_message(backend, BACKENDS, "backend"))
     runs = plan(spec, limit=limit)
     groups = group_by_model(runs)
     feature_calib = feature_calibration(spec)

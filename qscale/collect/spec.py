@@ -14,11 +14,17 @@ A spec is a YAML (or TOML) file::
 with its field path (``formats[3]: unknown format 'int33' (did you mean int3?)``), all at once.
 :func:`plan` expands a spec into :class:`PlannedRun` s. Calibration only multiplies runs of methods that
 need calibration (``Method.needs_calibration``); RTN runs once per format.
+
+A run's key (:func:`run_key`) hashes its configuration (:meth:`PlannedRun.config`): the model's identity, the
+format, the method with its parameters, the method's calibration record, the eval record and the code version;
+and the settings its features depend on (``Feature.settings`` in :mod:`qscale.features`) that the rest does not
+hold already (the eval record is there), under ``"feature_settings"``, each only when it differs from its
+default. A run measured with default feature settings thus keeps the key it had before the settings were part
+of it (the committed stores); changing a default needs a :data:`COLLECT_VERSION` bump.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import hashlib
 import json
@@ -27,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qscale.features import LandscapeSettings, get_feature, measured_features
+from qscale.registry import unknown_name_message
 
 #: Bumped when the collection loop changes what a run measures (keys of older runs then differ).
 COLLECT_VERSION = "1"
@@ -104,12 +113,14 @@ class PlannedRun:
     method: Any  # qscale.quantize.MethodSpec
     calibration: CalibrationSpec | None
     eval: EvalSpec
+    #: ``((setting, record), ...)``: the feature settings in the key (:func:`key_settings`; defaults left out)
+    settings: tuple[tuple[str, Any], ...] = ()
 
     def config(self, identity: str) -> dict[str, Any]:
         """The canonical configuration of this run for a model of the given identity (hashed into run_key)."""
         from qscale import __version__
 
-        return {
+        config = {
             "model": identity,
             "format": self.format,
             "method": self.method.to_dict(),
@@ -117,6 +128,9 @@ class PlannedRun:
             "eval": self.eval.key_dict(),
             "code_version": f"{__version__}+collect{COLLECT_VERSION}",
         }
+        if self.settings:
+            config["feature_settings"] = {name: asdict(rec) for name, rec in self.settings}
+        return config
 
     def key(self, identity: str) -> str:
         return run_key(self.config(identity))
@@ -148,15 +162,35 @@ def run_key(config: Mapping[str, Any]) -> str:
 # Feature settings: how a run's data-dependent features were measured
 # --------------------------------------------------------------------------------------------------------
 
-#: Feature costs that look at text (the float model's outputs): their values depend on the feature settings.
-DATA_COSTS = ("eval", "hvp")
+#: The default record of each feature setting (``qscale.features.SETTINGS``): a setting at its default is left
+#: out of the run key. ``eval`` is the run's own eval record, which the key holds anyway.
+SETTING_DEFAULTS: dict[str, Any] = {
+    "eval": EvalSpec(),
+    "calibration": CalibrationSpec(),
+    "landscape": LandscapeSettings(),
+}
+#: Settings already in a run's configuration (``PlannedRun.config``): the features use the run's eval record.
+_IN_CONFIG = frozenset({"eval"})
 
 
-def data_features(features: Sequence[str]) -> list[str]:
-    """The names among ``features`` whose cost is one of :data:`DATA_COSTS` (``float_nll``, ``top_eig``, ...)."""
-    from qscale.collect.features import get_feature
+def key_settings(features: Sequence[str], records: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The feature settings that go into the key of a run measuring ``features``: each setting one of them
+    depends on (``Feature.settings``) that the run's configuration does not hold already, with its record in
+    ``records`` (``{"calibration": CalibrationSpec, ...}``; a setting without one is at its default), left out
+    when it equals its default (:data:`SETTING_DEFAULTS`). Sorted by setting name."""
+    names = sorted({s for n in features for s in get_feature(n).settings} - _IN_CONFIG)
+    out = []
+    for name in names:
+        rec = records.get(name, SETTING_DEFAULTS[name])
+        if rec != SETTING_DEFAULTS[name]:
+            out.append((name, rec))
+    return tuple(out)
 
-    return [n for n in features if get_feature(n).cost in DATA_COSTS]
+
+def sweep_settings(spec: SweepSpec) -> dict[str, Any]:
+    """The records of the feature settings a sweep's features are measured with, besides each run's eval
+    record: the calibration batch of :func:`feature_calibration`; the landscape settings are the defaults."""
+    return {"calibration": feature_calibration(spec) or CalibrationSpec(), "landscape": LandscapeSettings()}
 
 
 def feature_calibration(spec: SweepSpec) -> CalibrationSpec | None:
@@ -201,11 +235,6 @@ def recorded_feature_settings(row: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("name", "models", "formats", "methods", "calibration", "eval", "features")
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 #: A sweep spec is a few kilobytes; anything larger than this is refused before it is parsed.
@@ -273,9 +302,7 @@ def parse_spec(raw: Any, source: str | None = None) -> SweepSpec:
         raise SpecError(["the spec must be a mapping with keys " + ", ".join(_TOP_KEYS)], source)
     for key in raw:
         if key not in _TOP_KEYS:
-            errors.append(
-                f"{key}: unknown key{_did_you_mean(key, _TOP_KEYS)}; valid keys: {', '.join(_TOP_KEYS)}"
-            )
+            errors.append(f"{key}: {unknown_name_message(key, _TOP_KEYS, 'key', n=3)}")
     for key in ("models", "formats"):
         if key not in raw:
             errors.append(f"{key}: required")
@@ -313,33 +340,11 @@ def _as_list(value: Any, path: str, errors: list[str]) -> list[Any]:
 
 
 def zoo_names() -> tuple[list[str], dict[str, list[str]]]:
-    """(model names, {preset: model names}) of the zoo, or empty when the zoo module is not available."""
-    try:
-        from qscale.lm import zoo
-    except ImportError:
-        return [], {}
+    """(model names, {preset: model names}) of the zoo."""
+    from qscale.lm.zoo import ZOO_PRESETS
+    from qscale.lm.zoo import zoo_names as names
 
-    def _names(entries: Any) -> list[str]:
-        if isinstance(entries, Mapping):
-            entries = (
-                list(entries.values()) if not all(isinstance(k, str) for k in entries) else list(entries)
-            )
-        out = []
-        for e in entries:
-            out.append(e if isinstance(e, str) else getattr(e, "name", str(e)))
-        return out
-
-    presets = {str(k): _names(v) for k, v in getattr(zoo, "ZOO_PRESETS", {}).items()}
-    names: list[str] = []
-    for members in presets.values():
-        names.extend(n for n in members if n not in names)
-    try:
-        for n in _names(zoo.list_zoo()):
-            if n not in names:
-                names.append(n)
-    except Exception:
-        pass
-    return names, presets
+    return names(), {k: [s.name for s in v] for k, v in ZOO_PRESETS.items()}
 
 
 def _parse_models(value: Any, errors: list[str]) -> list[str]:
@@ -360,14 +365,11 @@ def _parse_models(value: Any, errors: list[str]) -> list[str]:
             zname = item[4:]
             if zname in presets:
                 out.extend(f"zoo:{n}" for n in presets[zname])
-            elif zname in names or not names:
+            elif zname in names:
                 out.append(item)
             else:
                 choices = [*presets, *names]
-                errors.append(
-                    f"{path}: unknown zoo model or preset {zname!r}{_did_you_mean(zname, choices)}; "
-                    f"valid: {', '.join(choices)}"
-                )
+                errors.append(f"{path}: {unknown_name_message(zname, choices, 'zoo model or preset', n=3)}")
         elif item.startswith("panel:"):
             from qscale.lm.loading import LoadError
             from qscale.lm.panel import get_entry
@@ -415,11 +417,8 @@ def _parse_formats(value: Any, errors: list[str]) -> list[str]:
 
 
 def _parse_methods(value: Any, errors: list[str]) -> list[Any]:
-    try:
-        from qscale.quantize import MethodSpec
-    except ImportError as err:
-        errors.append(f"methods: qscale.quantize is not available ({err})")
-        return []
+    from qscale.quantize import MethodSpec
+
     out: list[Any] = []
     for i, item in enumerate(_as_list(value, "methods", errors)):
         path = f"methods[{i}]"
@@ -467,9 +466,7 @@ def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[A
         kwargs: dict[str, Any] = {}
         for k, v in item.items():
             if k not in fields:
-                errors.append(
-                    f"{path}.{k}: unknown key{_did_you_mean(k, fields)}; valid: {', '.join(fields)}"
-                )
+                errors.append(f"{path}.{k}: {unknown_name_message(k, fields, 'key', n=3)}")
             elif k == "max_tokens" and v is None:
                 kwargs[k] = None
             elif isinstance(getattr(defaults, k), int) or k == "max_tokens":
@@ -492,62 +489,30 @@ def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[A
 
 def _check_record(rec: Any, path: str, errors: list[str]) -> None:
     """Names in a calibration / eval record: corpus, split, protocol."""
-    names = corpus_names()
-    valid = _calibration_names() if isinstance(rec, CalibrationSpec) else names
-    if names and rec.corpus not in valid:
-        errors.append(
-            f"{path}.corpus: unknown corpus {rec.corpus!r}{_did_you_mean(rec.corpus, valid)}; valid: {', '.join(valid)}"
-        )
+    from qscale.corpora import corpus_names
+    from qscale.corpora.calibration import calibration_corpora
+    from qscale.corpora.windows import PROTOCOLS
+
+    valid = calibration_corpora() if isinstance(rec, CalibrationSpec) else corpus_names()
+    if rec.corpus not in valid:
+        errors.append(f"{path}.corpus: {unknown_name_message(rec.corpus, valid, 'corpus', n=3)}")
     if isinstance(rec, EvalSpec):
         splits = ["train", "validation", "test"]
         if rec.split not in splits:
+            errors.append(f"{path}.split: {unknown_name_message(rec.split, splits, 'split', n=3)}")
+        if rec.protocol not in PROTOCOLS:
             errors.append(
-                f"{path}.split: unknown split {rec.split!r}{_did_you_mean(rec.split, splits)}; valid: {', '.join(splits)}"
+                f"{path}.protocol: {unknown_name_message(rec.protocol, PROTOCOLS, 'protocol', n=3)}"
             )
-        protocols = _protocols()
-        if protocols and rec.protocol not in protocols:
-            errors.append(
-                f"{path}.protocol: unknown protocol {rec.protocol!r}{_did_you_mean(rec.protocol, protocols)}; "
-                f"valid: {', '.join(protocols)}"
-            )
-
-
-def _protocols() -> list[str]:
-    try:
-        from qscale.corpora.windows import PROTOCOLS
-    except ImportError:
-        return []
-    return list(PROTOCOLS)
-
-
-def corpus_names() -> list[str]:
-    """Names of the packaged corpora (empty when qscale.corpora is not available)."""
-    try:
-        from qscale.corpora import corpus_names as names
-    except ImportError:
-        return []
-    return list(names())
-
-
-def _calibration_names() -> list[str]:
-    try:
-        from qscale.corpora.calibration import calibration_corpora
-    except ImportError:
-        return corpus_names()
-    return list(calibration_corpora())
 
 
 def _parse_features(value: Any, errors: list[str]) -> list[str]:
-    from qscale.collect.features import list_features
-
-    known = [f.name for f in list_features()]
+    """Feature names a sweep measures: the registry's measured features (not the given ones)."""
+    known = [f.name for f in measured_features()]
     out: list[str] = []
     for i, item in enumerate(_as_list(value, "features", errors)):
         if not isinstance(item, str) or item not in known:
-            errors.append(
-                f"features[{i}]: unknown feature {item!r}{_did_you_mean(str(item), known)}; "
-                f"valid: {', '.join(known)}"
-            )
+            errors.append(f"features[{i}]: {unknown_name_message(str(item), known, 'feature', n=3)}")
         elif item not in out:
             out.append(item)
     return out
@@ -573,6 +538,7 @@ def plan(spec: SweepSpec, limit: int | None = None) -> list[PlannedRun]:
     ``calibration=None`` and run once per format. ``limit`` keeps the first N runs.
     """
     runs: list[PlannedRun] = []
+    settings = key_settings(spec.features, sweep_settings(spec))
     for model in spec.models:
         for ev in spec.evals:
             for fmt in spec.formats:
@@ -581,7 +547,7 @@ def plan(spec: SweepSpec, limit: int | None = None) -> list[PlannedRun]:
                         spec.calibrations if _needs_calibration(method) else (None,)
                     )
                     for calib in calibs:
-                        runs.append(PlannedRun(model, fmt, method, calib, ev))
+                        runs.append(PlannedRun(model, fmt, method, calib, ev, settings))
     return runs[:limit] if limit is not None else runs
 
 

@@ -438,7 +438,8 @@ class RunStore:
         runs under two identities; only the runs of its most recently measured identity are returned,
         unless ``superseded=True``.
 
-        Columns: :data:`FRAME_COLUMNS` (docs/interfaces.md), one column per feature, ``status``, ``run_key``.
+        Columns: :data:`FRAME_COLUMNS` (docs/interfaces.md), one column per feature column (NaN for a run that
+        did not measure it), ``status``, ``run_key``.
         Every numeric column of this default frame is either an input a law may use or its target, so
         it can be handed to ``qscale.laws`` as is. ``detail=True`` appends bookkeeping and secondary
         outcomes (``float_bpb, dppl, dbpb, n_tokens, method_sqnr_db``, calibration and eval settings,
@@ -551,7 +552,11 @@ def _read_version(conn: sqlite3.Connection) -> int:
 # Flattening
 # --------------------------------------------------------------------------------------------------------
 
-#: The leading columns of :meth:`RunStore.to_frame`, in order (docs/interfaces.md).
+#: The leading columns of :meth:`RunStore.to_frame`, in order (docs/interfaces.md): what every run's record holds
+#: (its model and format, the model's facts, the format's facts, the run's metrics). The features a run measured
+#: follow (sorted; ``sqnr_db``, ``weight_stats_*``, ... as :mod:`qscale.features` names them), NaN where a run
+#: did not measure one: a missing feature is never filled from another column (``method_sqnr_db``, the SQNR of
+#: the method's own weights, is a ``detail`` column of its own).
 FRAME_COLUMNS = (
     "model",
     "family",
@@ -571,7 +576,6 @@ FRAME_COLUMNS = (
     "bpb",
     "kld",
     "top1",
-    "sqnr_db",
 )
 _FACT_COLUMNS = ("n_layers", "d_model", "vocab_size", "tied_embeddings", "identity")
 _METRIC_COLUMNS = ("float_bpb", "dppl", "dbpb", "n_tokens", "n_bytes", "method_sqnr_db")
@@ -602,7 +606,6 @@ def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
     }
     for k in ("float_nll", "nll", "dnll", "ppl", "float_ppl", "bpb", "kld", "top1"):
         out[k] = _num(metrics.get(k))
-    out["sqnr_db"] = _num(features.get("sqnr_db", metrics.get("method_sqnr_db")))
     for k in features:
         if k not in out:
             out[k] = _num(features[k])

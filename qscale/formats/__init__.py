@@ -8,8 +8,9 @@
 (5, 4.1389)
 
 Each format is a frozen dataclass (``IntFormat``, ``FloatFormat``, ``MXFormat``, ``LUTFormat``) whose
-``str()`` is its canonical spec (grammar in :mod:`qscale.formats.spec`); ``fmt.fake_quant(x)`` runs the
-numerics in :mod:`qscale.kernels` (torch reference in :mod:`qscale.kernels.reference`).
+``str()`` is its canonical spec (grammar in :mod:`qscale.formats.spec`). A format is data: the numerics are
+:func:`qscale.kernels.fake_quant` ``(fmt, x)`` and :func:`qscale.kernels.make_quantizer` ``(fmt, w_slice)``
+(torch reference in :mod:`qscale.kernels.reference`).
 
 Conventions
 -----------

@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
-
-
-def _row(fmt: Any) -> dict[str, Any]:
-    return {
-        "spec": str(fmt),
-        "family": fmt.family,
-        "element_bits": fmt.element_bits,
-        "block": fmt.block,
-        "granularity": fmt.granularity,
-        "bits_per_element": fmt.bits_per_element,
-        "description": fmt.description,
-    }
 
 
 def formats(
@@ -35,7 +22,7 @@ def formats(
     try:
         if spec is not None:
             fmt = get_format(spec)
-            info = _row(fmt) | {"input": spec, "dict": fmt.to_dict()}
+            info = fmt.facts() | {"input": spec, "dict": fmt.to_dict()}
             if as_json:
                 typer.echo(json.dumps(info, indent=2))
                 return
@@ -47,7 +34,7 @@ def formats(
     except FormatError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    rows = [_row(f) for f in fmts]
+    rows = [f.facts() for f in fmts]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -35,16 +35,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from qscale.formats.elements import DEFAULT_ELEMENT, MINIFLOATS, MiniFloat
-
-if TYPE_CHECKING:
-    import torch
 
 GRANULARITIES = ("tensor", "channel", "group", "none")
 MX_BLOCK_SIZES = (32, 64, 128)
@@ -102,7 +98,9 @@ class Format:
     """Base class of all formats (see the subclasses). Not instantiated directly.
 
     Shared API: ``family``, ``element_bits``, ``bits_per_element``, ``bits_per_element_for(n_cols)``,
-    ``description``, ``per_tensor``, ``scale_span(n_cols)``, ``groups_per_row(n_cols)``, ``fake_quant(x)``, ``make_quantizer(w_slice)``, ``to_dict()``/``from_dict()``.
+    ``description``, ``per_tensor``, ``scale_span(n_cols)``, ``groups_per_row(n_cols)``, ``to_dict()``/``from_dict()``.
+    A format is data: its numerics are :func:`qscale.kernels.fake_quant` ``(fmt, x)`` and
+    :func:`qscale.kernels.make_quantizer` ``(fmt, w_slice)``.
     """
 
     family: ClassVar[str] = ""
@@ -123,6 +121,20 @@ class Format:
             if isinstance(v, tuple):
                 d[k] = list(v)
         return {"spec": self.spec(), "family": self.family, **d}
+
+    def facts(self) -> dict[str, Any]:
+        """What a reader is shown about a format, with the one set of key names every output uses (``qscale
+        formats``, ``GET /api/formats``, the law inputs read off a format): ``spec family element_bits block
+        granularity bits_per_element description``. int4-g128 -> block 128, bits_per_element 4.125."""
+        return {
+            "spec": self.spec(),
+            "family": self.family,
+            "element_bits": self.element_bits,
+            "block": self.block,
+            "granularity": self.granularity,
+            "bits_per_element": self.bits_per_element,
+            "description": self.description,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Format:
@@ -221,25 +233,6 @@ class Format:
     @property
     def description(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    # --- numerics (implemented in qscale.kernels; imported lazily) --------------------------------------
-    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantize and dequantize ``x`` (same shape and dtype) through :func:`qscale.kernels.fake_quant`."""
-        from qscale.kernels import fake_quant
-
-        return fake_quant(self, x)
-
-    def make_quantizer(self, w_slice: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Fix scales (zero points, clip ratios) from ``w_slice`` once; return a quantizer of same-row tensors.
-
-        ``w_slice`` is ``(rows, span)``: one scale per row computed over its last axis (for per-tensor
-        formats: one scale over the whole tensor). The returned function fake-quantizes any ``(rows, c)``
-        tensor with those fixed scales. ``make_quantizer(w)(w)`` equals ``fake_quant(w)`` bit for bit when
-        ``w`` is exactly one scale span wide.
-        """
-        from qscale.kernels.reference import make_quantizer
-
-        return make_quantizer(self, w_slice)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@
 >>> fake_quant("int4-pc", torch.tensor([[0.7, -1.4]])).tolist()
 [[0.800000011920929, -1.399999976158142]]
 
+The entry points take the format first: ``fake_quant(fmt, x)``, ``fake_quant_with_sqnr(fmt, x)`` and
+``make_quantizer(fmt, w_slice)`` (scales fixed once from a slice, as GPTQ needs). A format is data
+(:mod:`qscale.formats`); it does not quantize anything itself.
+
 Backend choice, first match wins:
 
 1. the ``backend`` argument when it is ``"torch"`` or ``"triton"``;
@@ -20,14 +24,16 @@ A forced ``"triton"`` with a CPU tensor or without Triton is an error, not a sil
 
 from __future__ import annotations
 
-import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from qscale.kernels.reference import fake_quant_reference, fake_quant_with_sqnr_reference
+from qscale.kernels.reference import make_quantizer as _make_quantizer_reference
+from qscale.registry import UnknownName, unknown_name_message
 
 if TYPE_CHECKING:
     import torch
@@ -49,11 +55,7 @@ _STATE = _BackendState()
 def _check_backend(name: str, where: str) -> str:
     b = str(name).strip().lower()
     if b not in BACKENDS:
-        near = difflib.get_close_matches(b, BACKENDS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(
-            f"unknown kernel backend {name!r} from {where}{hint}; choose one of {', '.join(BACKENDS)}"
-        )
+        raise UnknownName(f"{where}: {unknown_name_message(name, BACKENDS, 'kernel backend')}")
     return b
 
 
@@ -135,6 +137,17 @@ def fake_quant(fmt: Format | str, x: torch.Tensor, backend: str = "auto") -> tor
     return fake_quant_reference(f, x)
 
 
+def make_quantizer(fmt: Format | str, w_slice: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fix scales (zero points, clip ratios) from ``w_slice`` once; return a quantizer of same-row tensors.
+
+    ``w_slice`` is ``(rows, span)``: one scale per row computed over its last axis (for per-tensor formats: one
+    scale over the whole tensor). The returned function fake-quantizes any ``(rows, c)`` tensor with those fixed
+    scales. ``make_quantizer(fmt, w)(w)`` equals ``fake_quant(fmt, w)`` bit for bit when ``w`` is exactly one
+    scale span wide. Always the torch reference (GPTQ quantizes one column at a time).
+    """
+    return _make_quantizer_reference(_as_format(fmt), w_slice)
+
+
 def fake_quant_with_sqnr(
     fmt: Format | str, x: torch.Tensor, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,6 +182,7 @@ __all__ = [
     "fake_quant_reference",
     "fake_quant_with_sqnr",
     "get_backend",
+    "make_quantizer",
     "resolve_backend",
     "set_backend",
     "triton_available",

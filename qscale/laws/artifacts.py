@@ -1,7 +1,7 @@
 """Law artifacts: ``models/<name>/`` with ``manifest.json``, ``params.json`` and, for tree ensembles and
 Gaussian processes, ``model.skops``. Nothing is ever pickled and loading never runs code from the artifact:
 
-* the estimator class is looked up by *name* in :data:`qscale.laws.estimators.ESTIMATOR_CLASSES`
+* the estimator class is looked up by *name* in :data:`qscale.laws.registry.ESTIMATOR_CLASSES`
   (never imported from a path written in the file), and its constructor only gets JSON values whose keys
   are checked against the class's parameters;
 * ``model.skops`` is loaded with an explicit trusted-types list (:data:`TRUSTED_SKOPS_TYPES`); a file
@@ -36,12 +36,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qscale.laws.estimators import ESTIMATOR_CLASSES, LawError, LawEstimator
+from qscale.laws.estimators import LawError, LawEstimator
+from qscale.laws.registry import ESTIMATOR_CLASSES
+from qscale.paths import repo_path
+from qscale.registry import unknown_name_message
 
 SCHEMA_VERSION = 1
 
-#: Default directory of shipped laws (repository root / models).
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+def default_models_dir() -> Path:
+    """The shipped laws, ``<project root>/models`` (:func:`qscale.paths.repo_path`): in an installed package a
+    one-line :class:`qscale.paths.PathError` naming ``--models-dir``. Resolved when asked for, never at import."""
+    return repo_path("models", option="--models-dir")
+
+
+def _base(models_dir: str | Path | None) -> Path:
+    return Path(models_dir) if models_dir is not None else default_models_dir()
+
 
 #: Types beyond skops' defaults that our skops files may contain (found by saving each model kind).
 TRUSTED_SKOPS_TYPES = (
@@ -216,7 +227,8 @@ def training_feature_settings(
     Raises :class:`LawError` when those runs measured the features in more than one way: no single setting
     would reproduce them.
     """
-    from qscale.collect.spec import data_features, recorded_feature_settings
+    from qscale.collect.spec import recorded_feature_settings
+    from qscale.features import data_features
     from qscale.laws.predict import _registered_name  # store column -> registered feature
 
     data = data_features([n for n in dict.fromkeys(map(_registered_name, features)) if n is not None])
@@ -306,24 +318,20 @@ def resolve_law_dir(name_or_path: str | Path, models_dir: str | Path | None = No
     p = Path(name_or_path)
     if (p / "manifest.json").exists():
         return p
-    base = Path(models_dir) if models_dir is not None else MODELS_DIR
+    base = _base(models_dir)
     q = base / str(name_or_path)
     if (q / "manifest.json").exists():
         return q
-    import difflib
-
     names = list_laws(base)
-    close = difflib.get_close_matches(str(name_or_path), names, n=1)
-    hint = f" -- did you mean '{close[0]}'?" if close else ""
-    raise LawError(
-        f"no law '{name_or_path}' (looked in {base}){hint}; available: {', '.join(names) or 'none'}"
-    )
+    if not names:
+        raise LawError(f"no law '{name_or_path}': {base} holds no laws")
+    raise LawError(f"{unknown_name_message(name_or_path, names, 'law')} (laws of {base})")
 
 
 def list_laws(models_dir: str | Path | None = None) -> list[str]:
     """Names of the law directories (with a manifest) under ``models_dir``; hidden ones (a save in progress)
     are left out. A ``models_dir`` that is not a readable directory is an :class:`ArtifactError`."""
-    base = Path(models_dir) if models_dir is not None else MODELS_DIR
+    base = _base(models_dir)
     if not base.exists():
         return []
     try:

@@ -118,9 +118,9 @@ def fit_cmd(
 @laws_app.command("list")
 def laws_list(models_dir: Path | None = typer.Option(None, "--models-dir")) -> None:
     """List the laws saved under models/."""
-    from qscale.laws.artifacts import MODELS_DIR, list_laws
+    from qscale.laws.artifacts import default_models_dir, list_laws
 
-    base = models_dir or MODELS_DIR
+    base = models_dir or default_models_dir()
     names = list_laws(base)
     if not names:
         typer.echo(f"no laws in {base}")
@@ -211,7 +211,7 @@ def predict_cmd(
 ) -> None:
     """Predict the quality loss of quantizing a model to a format (or rank formats / fit a budget)."""
     from qscale.laws.estimators import LawError
-    from qscale.laws.predict import predict_formats, recommend
+    from qscale.laws.predict import rank_formats
 
     given = _parse_kv(feature)
     for k, v in (
@@ -235,48 +235,25 @@ def predict_cmd(
     else:
         specs = [format]
     try:
-        skipped: dict[str, str] = {}
-        preds = predict_formats(
-            model,
-            specs,
-            law,
-            alpha=alpha,
-            extrapolate=extrapolate,
-            models_dir=models_dir,
-            skipped=skipped if len(specs) > 1 else None,
-            **given,
-        )
-        for spec, why in skipped.items():
-            typer.secho(f"skipped {spec}: {why}", fg="yellow", err=True)
-        if not preds:
-            raise LawError("no format could be predicted for this model")
+        ranking = rank_formats(
+            model, specs, law, alpha=alpha, extrapolate=extrapolate, budget=budget,
+            baseline_ppl=baseline_ppl, inputs=given, models_dir=models_dir,
+        )  # fmt: skip
     except (LawError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
-    rec = recommend(preds, budget) if budget is not None else None
-    if formats is not None:
-        preds = sorted(preds, key=lambda p: p.value)
-    try:
-        deltas = [p.delta_ppl(baseline_ppl) for p in preds] if baseline_ppl is not None else None
-    except LawError as err:
-        _fail(str(err))
-        return
+    for spec, why in ranking.skipped.items():
+        typer.secho(f"skipped {spec}: {why}", fg="yellow", err=True)
     if as_json:
-        out = {"predictions": [p.to_dict() for p in preds]}
-        if deltas is not None:
-            for d, dp in zip(out["predictions"], deltas, strict=True):
-                d["delta_ppl"] = dict(zip(("value", "lo", "hi"), dp, strict=True))
-        if budget is not None:
-            out["budget"] = budget
-            out["recommended"] = rec.format if rec else None
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo(json.dumps(ranking.to_dict(), indent=2, default=str))
         return
+    preds, rec = ranking.predictions, ranking.recommended
     level = f"{1 - alpha:.0%}"
     p0 = preds[0]
     typer.echo(f"law {p0.law} predicts {p0.target} ({p0.unit}), {level} intervals")
     # features equal for every format (model-level) print once; the rest print on each format's line
     shared = {k for k, v in p0.features.items() if all(p.features.get(k) == v for p in preds)}
-    for p in preds:
+    for i, p in enumerate(preds):
         what = f"{p.format or ''}".strip() or "(given features)"
         bpe = f"{p.bits_per_element:.3g} b/elem" if p.bits_per_element is not None else ""
         own = ", ".join(f"{k}={_fmt(v)}" for k, v in p.features.items() if k not in shared)
@@ -284,8 +261,8 @@ def predict_cmd(
             f"{what:22s} {bpe:14s} {p.target} = {p.value:.4g} [{level}: {p.lo:.4g}, {p.hi:.4g}] {p.unit}"
             + (f"   ({own})" if own else "")
         )
-        if deltas is not None:
-            dv, dlo, dhi = p.delta_ppl(baseline_ppl)
+        if ranking.deltas is not None:
+            dv, dlo, dhi = ranking.deltas[i]
             typer.echo(
                 f"{'':37s} delta_ppl = {dv:+.4g} [{level}: {dlo:+.4g}, {dhi:+.4g}] vs {baseline_ppl:g}"
             )

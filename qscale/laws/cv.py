@@ -16,6 +16,7 @@ inside the (1 - alpha) interval (nominal 0.90); for public data also ``mae_delta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -69,23 +70,73 @@ def spearman_within(frame: pd.DataFrame, pred: str, true: str, by: str, min_rows
     return float(np.mean(vals)) if vals else float("nan")
 
 
+#: The largest float64, and its log: a diverged fit's prediction (1e200, say) squared or exponentiated passes it.
+_FMAX = float(np.finfo(float).max)
+_LOG_FMAX = math.log(_FMAX)
+
+
+def _mean(x: np.ndarray) -> float:
+    """``mean(x)`` of values >= 0 that may sum past the float range: the plain mean (bit for bit) when the sum is
+    finite, else ``max * mean(x / max)``, so no overflow warning and a finite mean wherever it is representable."""
+    big = float(np.max(x)) if len(x) else math.nan
+    if not math.isfinite(big) or big <= _FMAX / len(x):
+        return float(np.mean(x))
+    return big * float(np.mean(x / big))
+
+
+def _squares_fit(x: np.ndarray) -> bool:
+    """Whether ``sum(x**2)`` is computed without passing the float range (an inf or NaN in ``x`` is left to
+    propagate as it is)."""
+    big = float(np.max(np.abs(x))) if len(x) else math.nan
+    return not math.isfinite(big) or big <= math.sqrt(_FMAX / len(x))
+
+
+def _rms(x: np.ndarray) -> float:
+    """``sqrt(mean(x**2))``: the plain form (bit for bit) while the squares fit the float range, else the
+    squares of ``x / max|x|``, so an error of 1e200 gives an RMSE near 1e200 instead of an overflow to inf."""
+    if _squares_fit(x):
+        return float(np.sqrt(np.mean(x**2)))
+    big = float(np.max(np.abs(x)))
+    return big * float(np.sqrt(np.mean((x / big) ** 2)))
+
+
+def _delta_ppl(b: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``b * expm1(z)``, +-inf (without an overflow warning) where it passes the float range: the test is made in
+    log space, ``z + log|b| > log(max float)`` (with a factor 2 to spare for the difference of two of them)."""
+    over = z > _LOG_FMAX - math.log(2.0) - np.log(np.maximum(np.abs(b), 1.0))
+    if not over.any():
+        return b * np.expm1(z)
+    return np.where(over, np.copysign(np.inf, b), b * np.expm1(np.where(over, 0.0, z)))
+
+
 def metrics(frame: pd.DataFrame, target: str, by: str | None = None) -> dict[str, float]:
-    """MAE/RMSE/R2/Spearman-within/coverage (+ mae_delta_ppl) of a prediction frame (columns pred, lo, hi)."""
+    """MAE/RMSE/R2/Spearman-within/coverage (+ mae_delta_ppl) of a prediction frame (columns pred, lo, hi).
+
+    A diverged fit's predictions (far beyond the float range once squared or exponentiated) give large or
+    infinite scores, never an overflow warning (:func:`_rms`, :func:`_delta_ppl`)."""
     y = frame[target].to_numpy(float)
     p = frame["pred"].to_numpy(float)
     err = p - y
     ss_tot = float(np.sum((y - y.mean()) ** 2))
+    rmse = _rms(err)
+    if ss_tot <= 0:
+        r2 = float("nan")
+    elif _squares_fit(err):
+        r2 = float(1.0 - np.sum(err**2) / ss_tot)
+    else:  # sum(err**2) = n * rmse**2 passes the float range: Python floats give -inf there, without a warning
+        q = rmse / math.sqrt(ss_tot)
+        r2 = 1.0 - len(err) * q * q
     out = {
         "n": int(len(y)),
-        "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "r2": float(1.0 - np.sum(err**2) / ss_tot) if ss_tot > 0 else float("nan"),
+        "mae": _mean(np.abs(err)),
+        "rmse": rmse,
+        "r2": r2,
         "spearman": spearman_within(frame, "pred", target, by) if by else float("nan"),
         "coverage": float(np.mean((frame["lo"].to_numpy() <= y) & (y <= frame["hi"].to_numpy()))),
     }
     if "baseline" in frame.columns and target == "log_ppl_ratio":
         b = frame["baseline"].to_numpy(float)
-        out["mae_delta_ppl"] = float(np.mean(np.abs(b * np.expm1(p) - b * np.expm1(y))))
+        out["mae_delta_ppl"] = _mean(np.abs(_delta_ppl(b, p) - _delta_ppl(b, y)))
     return out
 
 

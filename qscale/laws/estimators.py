@@ -836,13 +836,3 @@ class GPLaw(_SklearnLaw):
         mu, sd = self.model_.predict(self._matrix(D), return_std=True)
         half = stats.norm.ppf(1 - alpha / 2) * sd
         return mu, mu - half, mu + half
-
-
-def __getattr__(name: str):
-    """``ESTIMATOR_CLASSES`` lives with the presets (:mod:`qscale.laws.registry`, the one estimator registry);
-    it is re-exported here for the code that still imports it from this module."""
-    if name == "ESTIMATOR_CLASSES":
-        from qscale.laws.registry import ESTIMATOR_CLASSES
-
-        return ESTIMATOR_CLASSES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

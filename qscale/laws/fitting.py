@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from qscale.laws.artifacts import MODELS_DIR, Law, data_hash, save_law, training_feature_settings
-from qscale.laws.cv import compare, cross_validate, group_column
+from qscale.laws.artifacts import Law, data_hash, default_models_dir, save_law, training_feature_settings
+from qscale.laws.cv import CVResult, cross_validate, group_column
 from qscale.laws.estimators import LawError
 from qscale.laws.features import zoo_table
 from qscale.laws.registry import make_estimator
@@ -66,9 +67,9 @@ def load_fit_data(
     if (runs is None) == (not public):
         raise LawError("give exactly one data source: --runs STORE or --public")
     if public:
-        from qscale.laws.public import DEFAULT_PUBLIC_CSV, public_fit_frame
+        from qscale.laws.public import default_path, public_fit_frame
 
-        src = Path(public_csv) if public_csv else DEFAULT_PUBLIC_CSV
+        src = Path(public_csv) if public_csv else default_path("DEFAULT_PUBLIC_CSV")
         from qscale.laws.public import TARGETS
 
         tgt = target or "log_ppl_ratio"
@@ -101,19 +102,58 @@ def load_fit_data(
 
 
 def compare_estimators(
-    data: FitData, names: list[str], schemes: tuple[str, ...] | None = None, alpha: float = 0.1
+    data: FitData,
+    names: list[str],
+    schemes: tuple[str, ...] | None = None,
+    alpha: float = 0.1,
+    *,
+    results: dict[tuple[str, str], CVResult] | None = None,
+    tick: Callable[[str], None] | None = None,
+    unusable: str = "raise",
 ) -> pd.DataFrame:
-    """CV scores of every named preset under every scheme (rows: estimator x scheme)."""
+    """CV scores of every named preset under every scheme the data has (rows: scheme x estimator, in that
+    order; a preset whose CV fails gets a row with its ``note``). The one comparison behind ``qscale fit``, the
+    report and the demo.
+
+    ``results`` (a dict to fill) receives each :class:`~qscale.laws.cv.CVResult` (the held-out predictions) by
+    ``(preset, scheme)``; ``tick(note)`` is called before each (preset, scheme). A preset that cannot be built
+    for this kind of data raises :class:`LawError`; with ``unusable="note"`` it gets a note row under each
+    scheme instead.
+    """
     schemes = schemes or DEFAULT_SCHEMES[data.kind]
-    ests = {n: make_estimator(n, data.kind, data.frame, data.target) for n in names}
-    tables = []
+    ests, why_not = {}, {}
+    for n in names:
+        try:
+            ests[n] = make_estimator(n, data.kind, data.frame, data.target)
+        except LawError as err:
+            if unusable != "note":
+                raise
+            why_not[n] = str(err)
+    rows: list[dict] = []
     for s in schemes:
         try:
             group_column(data.frame, s)
         except LawError:
             continue
-        tables.append(compare(ests, data.frame, s, alpha=alpha))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        for n in names:
+            if tick is not None:
+                tick(f"{n} / {s}")
+            if n in why_not:
+                rows.append({"estimator": n, "scheme": s, "note": why_not[n]})
+                continue
+            try:
+                res = cross_validate(ests[n], data.frame, s, alpha=alpha, name=n)
+            except LawError as err:
+                rows.append({"estimator": n, "scheme": s, "note": str(err)})
+                continue
+            if results is not None:
+                results[(n, s)] = res
+            row = {"estimator": n, "scheme": s, **res.scores, "note": ""}
+            if res.largest is not None:
+                row["mae_largest"] = res.largest["mae"]
+                row["spearman_largest"] = res.largest["spearman"]
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def choose(scores: pd.DataFrame, scheme: str) -> str:
@@ -171,5 +211,5 @@ def fit_law(
         ),
     )
     if save:
-        save_law(law, Path(models_dir or MODELS_DIR) / name)
+        save_law(law, Path(models_dir or default_models_dir()) / name)
     return law

@@ -2,7 +2,7 @@
 
 Only the features the law needs are computed: format facts (bits per element, element bits, family) come
 from the format spec for free; model features come from
-``qscale.collect.features.compute_features(lm, fmt, names)`` (imported lazily, so ``qscale.laws`` never
+``qscale.features.compute_features(lm, fmt, names)`` (imported lazily, so ``qscale.laws`` never
 imports torch), each reported with its cost class ("free", "weights", "eval", "hvp"). Model-level features
 are computed once per model, however many formats are asked for.
 
@@ -16,14 +16,26 @@ say so in a warning. A model with fewer positions than the law's evaluation wind
 Public-data laws need no model: ``predict(law="public-...", params_b=7, bits=4, method="gptq")``
 (``group_size`` adds the 16/g bits of an fp16 scale per group; ``bpw`` overrides).
 
+A public law given a format reads the law's inputs off it (bits per weight, capacity, group size): the
+format's ``bits_per_element`` is the prediction's, its canonical spec the prediction's ``format``, and a format
+that also gets ``bits`` / ``bpw`` / ``group_size`` is refused (the format sets them). A non-integer format on a
+law fitted without capacity features (``eff_bits_*``) enters only through its bits per weight: a warning says so.
+
 Inputs outside the training domain give warnings on the Prediction; inputs more than 100x beyond the range
 of a scale feature (e.g. N) raise :class:`LawError` unless ``extrapolate=True`` (then a warning).
+
+:func:`rank_formats` is the one predict -> rank -> recommend workflow behind ``qscale predict --law`` and
+``POST /api/predict``: the inputs checked against the law (:func:`check_inputs`), every format predicted
+(formats that cannot be built or measured are skipped with their reason), ranked by predicted damage then bits
+per element, the cheapest format within a budget recommended, delta-ppl added for a baseline perplexity. It
+answers a :class:`Ranking`, whose ``to_dict()`` is the JSON both adapters print or serve.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +45,12 @@ from qscale.laws.artifacts import TARGET_UNITS, Law, load_law
 from qscale.laws.estimators import LawError
 
 FORMAT_FEATURES = ("bits_per_element", "element_bits", "fmt_family")
+#: What public laws take as inputs besides their own feature columns.
+PUBLIC_INPUTS = ("params_b", "bits", "group_size", "method", "family", "train_tokens", "n_nonembed", "bpw")
+#: Keyword arguments of the prediction API: never law inputs (so never settable as one).
+RESERVED = frozenset({"alpha", "extrapolate", "features", "models_dir", "skipped", "model", "formats", "law"})
+#: The inputs a format sets for a public law: given beside a format they contradict it.
+FORMAT_SET_INPUTS = ("bits", "bpw", "group_size")
 #: Damage measures that cannot be negative: interval lower bounds are clipped at 0.
 NONNEGATIVE_TARGETS = frozenset({"kld"})
 
@@ -81,12 +99,11 @@ def _law(law: str | Path | Law, models_dir: str | Path | None) -> Law:
 
 
 def _registered(column: str):
-    """The collect-registry FeatureInfo producing store column ``column`` (dict features are flattened
-    to ``<name>_<key>`` columns, so the longest matching prefix wins); None if none."""
-    from qscale.collect.features import list_features
+    """The registered feature (``qscale.features.Feature``) producing store column ``column`` (a dict feature
+    leaves ``<name>_<key>`` columns); None if none."""
+    from qscale.features import feature_of_column
 
-    matches = [i for i in list_features() if column == i.name or column.startswith(i.name + "_")]
-    return max(matches, key=lambda i: len(i.name)) if matches else None
+    return feature_of_column(column)
 
 
 def _cost_of(column: str) -> str:
@@ -131,7 +148,7 @@ def _public_inputs(given: dict[str, Any], needed: list[str], warns: list[str]) -
     if cap and "bits" in vals:  # no format given: the integer format of these bits and group (symmetric)
         g = vals.get("group_size")
         spec = f"int{int(float(vals['bits']))}-" + (f"g{int(float(g))}" if g not in (None, "", 0) else "pc")
-        for k, v in _public_format_facts(spec).items():
+        for k, v in _public_format_facts(spec)[1].items():
             if k in cap:
                 vals[k] = v
         warns.append(f"format capacity taken from {spec} (give format= for another datatype)")
@@ -141,26 +158,45 @@ def _public_inputs(given: dict[str, Any], needed: list[str], warns: list[str]) -
     return vals
 
 
-def _public_format_facts(spec: str) -> dict[str, Any]:
-    """What a public law reads off a format: bits per weight, capacity (effective bits on Gaussian and t5
-    weights, qscale's kernels) and log2 of the group size. int4-g128 -> bpw 4.125, eff_bits_gauss 3.09."""
+def _public_format_facts(spec: str) -> tuple[Any, dict[str, Any]]:
+    """The format of ``spec`` and what a public law reads off it: bits per weight, capacity (effective bits on
+    Gaussian and t5 weights, qscale's kernels) and log2 of the group size. int4-g128 -> bpw 4.125, eff_bits_gauss
+    3.09."""
     from qscale.formats import get_format
     from qscale.laws.public import _spec_group, format_capacity
 
     fmt = get_format(spec)
-    group, per_channel = _spec_group(str(fmt))
+    facts = fmt.facts()
+    group, per_channel = _spec_group(facts["spec"])
     log2g = math.log2(group) if group > 0 else (12.0 if per_channel else math.nan)
-    return {"bpw": float(fmt.bits_per_element), **format_capacity(str(fmt)), "log2_group": log2g}
+    return fmt, {
+        "bpw": float(facts["bits_per_element"]),
+        **format_capacity(facts["spec"]),
+        "log2_group": log2g,
+    }
+
+
+def _public_format_warnings(law: Law, fmt: Any) -> list[str]:
+    """A non-integer format on a law fitted on integer formats without capacity features: it enters only through
+    its bits per weight."""
+    if fmt.family == "int" or any(f.startswith("eff_bits") for f in law.estimator.features_):
+        return []
+    return [
+        f"law '{law.name}' was fitted on integer weight formats; {fmt} ({fmt.family}) enters only "
+        f"through its {float(fmt.bits_per_element):g} bits per weight"
+    ]
 
 
 def _format_facts(fmt_spec: str) -> tuple[Any, dict[str, Any]]:
+    """The format of ``fmt_spec`` and its facts under the names of the zoo laws' feature columns."""
     from qscale.formats import get_format
 
     fmt = get_format(fmt_spec)
+    facts = fmt.facts()
     return fmt, {
-        "bits_per_element": float(fmt.bits_per_element),
-        "element_bits": float(fmt.element_bits),
-        "fmt_family": str(fmt.family),
+        "bits_per_element": float(facts["bits_per_element"]),
+        "element_bits": float(facts["element_bits"]),
+        "fmt_family": str(facts["family"]),
     }
 
 
@@ -269,6 +305,9 @@ def predict_formats(
     base = {**(features or {}), **given}
     warns: list[str] = []
     if lw.kind == "public":
+        clash = sorted(k for k in FORMAT_SET_INPUTS if k in base)
+        if clash and any(spec is not None for spec in formats):
+            raise LawError(f"give either a format or {clash}, not both: the format sets the bits per weight")
         base = _public_inputs(base, needed, warns)
     lm = None
     settings: _Measurement | None = None
@@ -279,6 +318,8 @@ def predict_formats(
         costs = {k: "given" for k in values}
         fmt = None
         bits = values.get("bpw")
+        shown = spec  # the prediction's format: as given (zoo), canonical (public, read off the format)
+        own: list[str] = []  # this format's warnings
         if spec is not None and lw.kind == "zoo":
             try:
                 fmt, facts = _format_facts(spec)
@@ -294,18 +335,14 @@ def predict_formats(
                     costs[k] = "free"
         elif spec is not None and lw.kind == "public":
             try:
-                facts = _public_format_facts(spec)
+                fmt, facts = _public_format_facts(spec)
             except ValueError as err:  # FormatError
                 if skipped is None:
                     raise
                 skipped[str(spec)] = str(err)
                 continue
-            clash = sorted(k for k in ("bits", "bpw", "group_size") if k in given)
-            if clash:
-                raise LawError(
-                    f"give either a format or {clash}, not both: the format sets the bits per weight"
-                )
-            bits = facts["bpw"]
+            bits, shown = facts["bpw"], str(fmt)
+            own = _public_format_warnings(lw, fmt)
             for k, v in facts.items():
                 if k not in values:
                     values[k] = v
@@ -338,7 +375,7 @@ def predict_formats(
                     values[col] = computed[col]
                     costs[col] = _cost_of(col)
         name = model if isinstance(model, str) else getattr(model, "name", None)
-        out.append(_finish(lw, values, costs, list(warns), alpha, extrapolate, name, spec, bits))
+        out.append(_finish(lw, values, costs, [*warns, *own], alpha, extrapolate, name, shown, bits))
     return out
 
 
@@ -361,7 +398,8 @@ def _context_length(lm: Any) -> int | None:
 
 def _measurement(law: Law, names: list[str], lm: Any, warns: list[str]) -> _Measurement:
     """The law's feature settings for the data-dependent features among ``names`` (module docstring)."""
-    from qscale.collect.spec import CalibrationSpec, EvalSpec, data_features
+    from qscale.collect.spec import CalibrationSpec, EvalSpec
+    from qscale.features import data_features
 
     data = data_features(names)
     if not data:
@@ -408,7 +446,7 @@ def _compute(
 ) -> dict[str, float]:
     """``names`` of ``lm`` (and ``fmt``) measured with ``settings``. Model-level features are computed once
     per model (kept in ``cache``), model-format ones once per format."""
-    from qscale.collect.features import compute_features, get_feature
+    from qscale.features import compute_features, get_feature
 
     settings = settings or _Measurement()
     done: dict[str, dict[str, float]] = cache.setdefault("predict:model_features", {})
@@ -452,3 +490,112 @@ def recommend(predictions: list[Prediction], budget: float) -> Prediction | None
     if not ok:
         return None
     return min(ok, key=lambda p: (p.bits_per_element, p.hi))
+
+
+def check_inputs(
+    law: str | Path | Law, given: dict[str, Any], models_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """``given`` when every name is an input of ``law`` (its feature columns; for public laws also
+    :data:`PUBLIC_INPUTS`), else a :class:`LawError` naming the ones it takes. Keyword arguments of this API
+    (:data:`RESERVED`: ``alpha``, ``extrapolate``, ...) are never inputs."""
+    lw = _law(law, models_dir)
+    allowed = set(lw.estimator.features_) - RESERVED
+    if lw.kind == "public":
+        allowed |= set(PUBLIC_INPUTS)
+    bad = sorted(k for k in given if k not in allowed or k in RESERVED)
+    if bad:
+        raise LawError(
+            f"unknown input(s) {bad} for law '{lw.name}'; it takes: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+    return given
+
+
+def rank_key(pred: Prediction) -> tuple[float, float]:
+    """The one ranking order: least predicted damage first, then fewest bits per element (unknown: last)."""
+    bits = pred.bits_per_element
+    return (pred.value, math.inf if bits is None else float(bits))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The answer of :func:`rank_formats`: predictions best first, the formats left out and why, the
+    recommendation for a budget and, with a baseline perplexity, each prediction's delta-ppl."""
+
+    predictions: tuple[Prediction, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+    budget: float | None = None
+    recommended: Prediction | None = None
+    baseline_ppl: float | None = None
+    deltas: tuple[tuple[float, float, float], ...] | None = None  # (value, lo, hi) per prediction
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per prediction (:meth:`Prediction.to_dict`), with ``delta_ppl: {value, lo, hi}`` when a
+        baseline perplexity was given."""
+        rows = [p.to_dict() for p in self.predictions]
+        for row, d in zip(rows, self.deltas or (), strict=False):
+            row["delta_ppl"] = dict(zip(("value", "lo", "hi"), d, strict=True))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"predictions": [...], "skipped": [{"format", "reason"}] (when any), "budget", "recommended"
+        (the format's spec or None; with a budget)}``: what ``qscale predict --json`` prints and
+        ``POST /api/predict`` answers for a ranking."""
+        out: dict[str, Any] = {"predictions": self.rows()}
+        if self.skipped:
+            out["skipped"] = [{"format": s, "reason": r} for s, r in self.skipped.items()]
+        if self.budget is not None:
+            out["budget"] = self.budget
+            out["recommended"] = None if self.recommended is None else self.recommended.format
+        return out
+
+
+def rank_formats(
+    model: Any,
+    formats: Sequence[str | None],
+    law: str | Path | Law,
+    *,
+    alpha: float = 0.1,
+    extrapolate: bool = False,
+    budget: float | None = None,
+    baseline_ppl: float | None = None,
+    inputs: dict[str, Any] | None = None,
+    models_dir: str | Path | None = None,
+    model_name: str | None = None,
+) -> Ranking:
+    """Predict -> rank -> recommend: the one implementation behind ``qscale predict --law`` and
+    ``POST /api/predict``.
+
+    ``model``: what :func:`predict_formats` takes (a spec or a loaded model; None when the inputs are enough; a
+    public law refuses one). ``formats``: the specs to rank (``[None]``: the inputs alone). ``inputs``: feature
+    values or public-law inputs, checked by :func:`check_inputs`. With more than one format, one that cannot
+    be built or measured is skipped with its reason; when none is left, a :class:`LawError` names them all.
+    ``model_name`` replaces the model name on every prediction (the service: the client's name, never a path).
+    """
+    lw = _law(law, models_dir)
+    given = check_inputs(lw, dict(inputs or {}))
+    if lw.kind == "public" and model is not None:
+        raise LawError(
+            f"law '{lw.name}' is a public-data law: it takes inputs (params_b, bits, method, ...), "
+            "not a model; pick a zoo law to predict for a model"
+        )
+    specs = list(formats) or [None]
+    skipped: dict[str, str] = {}
+    preds = predict_formats(
+        model, specs, lw, alpha=alpha, extrapolate=extrapolate,
+        skipped=skipped if len(specs) > 1 else None, **given,
+    )  # fmt: skip
+    if not preds:
+        why = "; ".join(f"{s}: {r}" for s, r in skipped.items())
+        raise LawError("no format could be predicted for this model" + (f" ({why})" if why else ""))
+    if model_name is not None:
+        preds = [replace(p, model=model_name) for p in preds]
+    preds = sorted(preds, key=rank_key)
+    deltas = None if baseline_ppl is None else tuple(p.delta_ppl(baseline_ppl) for p in preds)
+    return Ranking(
+        predictions=tuple(preds),
+        skipped=skipped,
+        budget=budget,
+        recommended=None if budget is None else recommend(preds, budget),
+        baseline_ppl=baseline_ppl,
+        deltas=deltas,
+    )

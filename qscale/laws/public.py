@@ -26,8 +26,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-#: Default location of the copied public results (repository root / data / public).
-DEFAULT_PUBLIC_CSV = Path(__file__).resolve().parents[2] / "data" / "public" / "results.csv"
+from qscale.paths import PathError, repo_path
+
+#: The repository's files read here (:mod:`qscale.paths`), with what to give instead; each name is a module
+#: attribute resolved when asked for (``DEFAULT_PUBLIC_CSV``: the copied public results, ``DEFAULT_CAPACITY_CSV``:
+#: the committed format-capacity table, ``DEFAULT_PANEL_STORE``: the real panel's run store), never at import.
+_DEFAULTS = {
+    "DEFAULT_PUBLIC_CSV": ("data/public/results.csv", "a path to results.csv"),
+    "DEFAULT_CAPACITY_CSV": ("data/public/format_capacity.csv", "a path to format_capacity.csv"),
+    "DEFAULT_PANEL_STORE": ("data/runs_panel.sqlite", "a panel run store"),
+}
+
+
+def default_path(name: str) -> Path:
+    """``default_path("DEFAULT_PUBLIC_CSV")``: the repository's file (a one-line :class:`qscale.paths.PathError`
+    in an installed package, naming what to give instead)."""
+    return repo_path(*_DEFAULTS[name])
+
+
+def __getattr__(name: str) -> Path:
+    if name in _DEFAULTS:
+        return default_path(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -316,8 +336,7 @@ def public_specs(path: str | Path | None = None) -> list[str]:
     return sorted(set(t["spec"].dropna()))
 
 
-#: The committed format-capacity table (``python -m qscale.laws.public capacity`` writes it).
-DEFAULT_CAPACITY_CSV = Path(__file__).resolve().parents[2] / "data" / "public" / "format_capacity.csv"
+#: The columns of the committed format-capacity table (``python -m qscale.laws.public capacity`` writes it).
 CAPACITY_COLUMNS = ("eff_bits_gauss", "eff_bits_t5")
 
 
@@ -336,7 +355,12 @@ def format_capacity(spec: str, path: str | Path | None = None) -> dict[str, floa
     from qscale.formats import get_format
 
     key = str(get_format(spec))
-    table = _capacity_table(str(path or DEFAULT_CAPACITY_CSV))
+    if not path:
+        try:
+            path = default_path("DEFAULT_CAPACITY_CSV")
+        except PathError:  # an installed package: no committed table, measure the format now
+            path = None
+    table = _capacity_table(str(path)) if path else {}
     if key in table:
         return dict(table[key])
     from qscale.measure.capacity import capacity
@@ -483,7 +507,7 @@ def load_public(
     log_ppl_ratio, kld, acc_drop (points), acc_retained, float_nll (log baseline ppl), baseline_acc (points),
     usable, drop_reason.
     """
-    path = Path(path) if path is not None else DEFAULT_PUBLIC_CSV
+    path = Path(path) if path is not None else default_path("DEFAULT_PUBLIC_CSV")
     if not path.exists():
         raise FileNotFoundError(f"public results not found at {path} (expected data/public/results.csv)")
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -608,16 +632,21 @@ def _derive_targets(table: pd.DataFrame) -> None:
     )
 
 
-#: The committed run store of the real panel (measured here; N, D and formats known exactly).
-DEFAULT_PANEL_STORE = Path(__file__).resolve().parents[2] / "data" / "runs_panel.sqlite"
 _PANEL_FAMILY = {"panel:smollm2-135m": "SmolLM2", "panel:qwen2.5-coder-0.5b": "Qwen2.5-Coder"}
 
 
 def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
     """The real panel's finished runs as public-style rows, two per run (log_ppl_ratio = dnll, and kld),
     table ``qscale-panel``. Formats that reproduce a checkpoint's own grid are flagged ``degenerate``
-    (SmolLM2 ships as Q4_1: int4-g32-asym re-quantizes it almost losslessly)."""
-    p = Path(store) if store is not None else DEFAULT_PANEL_STORE
+    (SmolLM2 ships as Q4_1: int4-g32-asym re-quantizes it almost losslessly). The default ``store`` is the
+    committed run store of the real panel (``DEFAULT_PANEL_STORE``; N, D and formats known exactly), absent
+    (no rows) in an installed package."""
+    if store is None:
+        try:
+            store = default_path("DEFAULT_PANEL_STORE")
+        except PathError:
+            return pd.DataFrame()
+    p = Path(store)
     if not p.exists():
         return pd.DataFrame()
     from qscale.collect.store import RunStore  # the store has no torch dependency
@@ -708,7 +737,7 @@ def write_capacity_table(path: str | Path | None = None) -> int:
     from qscale.measure.capacity import write_table
 
     specs = list(dict.fromkeys([*(str(f) for f in list_formats()), *public_specs()]))
-    return write_table(Path(path) if path is not None else DEFAULT_CAPACITY_CSV, specs)
+    return write_table(Path(path) if path is not None else default_path("DEFAULT_CAPACITY_CSV"), specs)
 
 
 if __name__ == "__main__":  # python -m qscale.laws.public capacity [PATH]
@@ -716,5 +745,5 @@ if __name__ == "__main__":  # python -m qscale.laws.public capacity [PATH]
 
     if sys.argv[1:2] != ["capacity"]:
         sys.exit("usage: python -m qscale.laws.public capacity [PATH]")
-    n = write_capacity_table(sys.argv[2] if len(sys.argv) > 2 else None)
-    print(f"wrote {n} formats to {sys.argv[2] if len(sys.argv) > 2 else DEFAULT_CAPACITY_CSV}")
+    out = sys.argv[2] if len(sys.argv) > 2 else default_path("DEFAULT_CAPACITY_CSV")
+    print(f"wrote {write_capacity_table(out)} formats to {out}")

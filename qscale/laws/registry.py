@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from qscale.features import flex_columns
 from qscale.laws.estimators import (
     BoostingLaw,
     ForestLaw,
@@ -28,15 +29,9 @@ from qscale.registry import lookup
 
 KINDS = ("zoo", "public")
 
-#: Optional per-run measurements (landscape / outliers) used by the flexible models when present.
-ZOO_OPTIONAL = (
-    "trace_per_param",
-    "top_eig",
-    "qdir_pred_dloss",
-    "weight_stats_kurtosis_max",
-    "weight_stats_max_over_std_max",
-    "float_nll",
-)
+#: Optional per-run measurements (landscape / outliers) used by the flexible models when present: the feature
+#: registry's ``flex`` columns, in their order (:func:`qscale.features.flex_columns`).
+ZOO_OPTIONAL = flex_columns()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ def train_command(
     """Train every model of a preset; models already trained with the same recipe are skipped."""
     import time
 
-    from qscale.lm.zoo import ZooError, train_zoo, zoo_dir
+    from qscale.lm.zoo import ZooError, zoo_dir
+    from qscale.lm.zoo_train import train_zoo
 
     t0 = time.perf_counter()
 

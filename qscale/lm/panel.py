@@ -389,6 +389,7 @@ def degenerate_formats(
     """
     import torch
 
+    from qscale.kernels import fake_quant
     from qscale.lm.layers import linear_layers
 
     layers = linear_layers(model)[:max_layers]
@@ -397,7 +398,7 @@ def degenerate_formats(
         num = den = 0.0
         for ref in layers:
             w = ref.get_weight().float()
-            q = fmt.fake_quant(w)
+            q = fake_quant(fmt, w)
             num += float(torch.sum((q.double() - w.double()) ** 2))
             den += float(torch.sum(w.double() ** 2))
         rel = (num / den) ** 0.5 if den > 0 else 0.0

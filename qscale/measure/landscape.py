@@ -1,57 +1,23 @@
-"""Loss-landscape curvature of a causal LM on a token batch: Hessian-vector products, Hessian trace and top
-eigenvalues, quantization-direction terms, and radial loss profiles.
+"""Loss-landscape curvature of a causal LM on a token batch: Hessian trace and top eigenvalues,
+quantization-direction terms, radial loss profiles.
 
-The loss is the mean next-token cross-entropy of ``input_ids`` (B, L): ``mean CE(logits[:, :-1], ids[:, 1:])``
-over the B*(L-1) predicted tokens (no padding). All curvature numbers are for the Hessian H of that loss with
-respect to the chosen parameters (``params=None``: every trainable parameter; tied weights counted once).
+The loss is ``mean CE(logits[:, :-1], ids[:, 1:])`` over the B*(L-1) predicted tokens of ``input_ids`` (B, L);
+H is its Hessian in the chosen parameters (``params=None``: every trainable one, tied weights once). Each
+``Hv`` is one double backward through a gradient graph built once per call (torch.func gave asymmetric
+Hessians here). Needs float32/float64 parameters and an attention with a double backward: a non-eager
+transformers model is switched to eager for the call. The model runs in eval mode; weights end bit-exact.
 
-Hessian-vector products use double backward: the gradient is taken once with ``create_graph=True`` and each
-``Hv`` is one more backward through that graph (``torch.autograd.grad(g, params, grad_outputs=v)``), so the
-batch's forward pass is shared by every HVP of one call. Requirements, checked with clear errors:
+Worked numbers for H = [[2, 1], [1, -1]] (trace 1, eigenvalues 2.303, -1.303):
 
-- float32 or float64 parameters (half precision Hessians are noise);
-- an attention implementation with a double backward. Fused kernels (SDPA on CPU, flash) have none
-  ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). A
-  transformers model whose ``config._attn_implementation`` is not ``"eager"`` is switched to eager for the
-  duration of the call (``model.set_attn_implementation``) and switched back afterwards; a model that cannot
-  be switched is refused.
+- :func:`hessian_trace`: Hutchinson, E[v^T H v] = tr H for Rademacher v: v = (1, 1) gives 3, v = (1, -1)
+  gives -1, mean 1. Per-group sums of v_i (Hv)_i estimate each group's block trace (and add up to the total).
+- :func:`hessian_top_eigenvalues`: Lanczos with full re-orthogonalisation, largest *algebraic* (2.303), or
+  ``method="power"`` with deflation, largest *magnitude* (-3 first for H = [[1, 0], [0, -3]]).
+- :func:`quant_direction_terms`: D = Q(W) - W over the quantized linear layers; g.D and 1/2 D^T H D, whose sum
+  is the second-order prediction of the loss change.
+- :func:`radial_profile`: loss at W + r*u, u Gaussian rescaled to each tensor's norm (r = 0.01: 1% per tensor).
 
-torch.func is not used for the HVPs: on a tiny GPT-2 (torch 2.13, transformers 5.23) ``torch.func.hessian`` and
-``jacrev(jacrev)`` returned an asymmetric Hessian (off by 0.06 in entries of size 1.8) while double backward,
-``torch.autograd.functional.hessian`` and central finite differences of the gradient agreed to 1e-6.
-
-The model is put in eval mode (no dropout) for the call and its previous mode restored; weights are never
-changed (the radial profile and the measured loss change perturb them and restore them bit-exactly).
-
-Estimators (worked numbers for a 2x2 Hessian H = [[2, 1], [1, -1]]: trace 1, eigenvalues 2.303, -1.303):
-
-- :func:`hessian_trace`: Hutchinson's estimator with Rademacher vectors v (entries +-1): E[v^T H v] = tr H.
-  For v = (1, 1): v^T H v = 2 + 1 + 1 - 1 = 3; for v = (1, -1): 2 - 1 - 1 - 1 = -1; their mean is the exact
-  trace 1. Each sample also yields per-group estimates sum_{i in group} v_i (Hv)_i whose expectation is the
-  trace of the group's diagonal block, so one HVP per sample gives every per-tensor / per-layer / per-block
-  trace, and the per-group values of one sample add up exactly to the sample's total.
-- :func:`hessian_top_eigenvalues`: Lanczos with full re-orthogonalisation (default; largest *algebraic*
-  eigenvalues: 2.303 above) or power iteration with deflation (``method="power"``; largest *magnitude*, as
-  PyHessian does; it would find 2.303 here, but -1.303 first for H = [[1, 0], [0, -3]]).
-- :func:`quant_direction_terms`: for a format's fake quantization Q, the weight change D = Q(W) - W of every
-  quantized linear layer; the first-order term g.D and the quadratic term 1/2 D^T H D (one exact HVP along D),
-  whose sum is the second-order Taylor prediction of the loss change when the model is quantized.
-- :func:`radial_profile`: loss at W + r*u along random Gaussian directions u rescaled per parameter tensor to
-  that tensor's norm (so r = 0.01 is a 1% relative perturbation of every tensor).
-
-Why not PyHessian. PyPI ``pyhessian`` 0.1 (2021, GPL-3.0, incompatible with qscale's Apache-2.0 licence as a
-dependency) implements the same estimators but, read from its source: ``density()`` calls ``torch.eig``,
-removed from torch (2.0+), so the spectral density fails; the constructor defaults to ``cuda=True`` and calls
-``.cuda()`` on the batch; it expects ``data=(inputs, targets)`` and ``criterion(model(inputs), targets)``, so a
-transformers model (which returns a ``ModelOutput``) needs an adapter that flattens logits and shifts targets;
-it calls ``loss.backward(create_graph=True)``, leaving graph-holding ``.grad`` tensors on the user's model (a
-reference cycle torch warns about) and adding into any existing ``.grad``; a parameter unused by the loss
-makes its HVP fail (no ``allow_unused``); random vectors come from the global RNG with ``torch.randn`` in the
-default dtype (float32 vectors for a float64 model fail); its eigenvalue loop is plain power iteration (largest
-magnitude, relative-change stop at 1e-3); and ``trace()`` returns the list of v^T H v samples and stops when
-the running mean changes by less than ``tol`` relative to the previous mean (divided by ``trace + 1e-6``, so a
-negative trace stops at once), which says nothing about the estimator's standard error. qscale therefore
-implements the estimators itself and uses PyHessian only as an optional cross-check in the tests.
+PyHessian is not a dependency (GPL-3.0; ``torch.eig`` removed; no transformers outputs): tests cross-check only.
 """
 
 from __future__ import annotations
@@ -746,13 +712,14 @@ class QuantDirectionTerms:
 
 def _quantizer(fmt: Any) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     """(label, (out, in) weight -> fake-quantized weight) from a spec string, a Format or a callable."""
-    if isinstance(fmt, str):
-        from qscale.formats import get_format
+    from qscale.formats import Format, get_format
 
+    if isinstance(fmt, str):
         fmt = get_format(fmt)
-    fq = getattr(fmt, "fake_quant", None)
-    if fq is not None:
-        return str(fmt), fq
+    if isinstance(fmt, Format):
+        from qscale.kernels import fake_quant
+
+        return str(fmt), lambda w: fake_quant(fmt, w)
     if callable(fmt):
         return getattr(fmt, "__name__", "custom"), fmt
     raise CurvatureError(

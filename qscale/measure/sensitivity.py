@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from qscale.kernels import fake_quant
 from qscale.lm.layers import linear_layers
 from qscale.quantize.sqnr import db
 
@@ -88,7 +89,7 @@ class SensitivityProfile:
         """Predicted KL contribution (nats/token) of each profiled layer when RTN-quantized in ``fmt``.
 
         ``weights(ref)`` may supply the quantized ``(out, in)`` weight of a layer (e.g. from GPTQ); by default it
-        is ``fmt.fake_quant`` of the float weight. Returns ``{layer: {"kld", "rel_err", "sqnr_db", "numel"}}``.
+        is ``fake_quant(fmt, w)`` of the float weight. Returns ``{layer: {"kld", "rel_err", "sqnr_db", "numel"}}``.
         """
         out: dict[str, dict[str, float]] = {}
         refs = {r.name: r for r in linear_layers(model, exclude=self.settings.get("exclude"))}
@@ -99,7 +100,7 @@ class SensitivityProfile:
             w = refs[name].get_weight().float()
             if tuple(w.shape) != tuple(lp.shape):
                 raise ValueError(f"{name}: weight shape {tuple(w.shape)} != profile shape {lp.shape}")
-            q = weights(refs[name]) if weights is not None else fmt.fake_quant(w)
+            q = weights(refs[name]) if weights is not None else fake_quant(fmt, w)
             dw = q.float() - w
             sig = float(w.square().sum(-1).double().sum())
             noise = float(dw.square().sum(-1).double().sum())

@@ -14,7 +14,7 @@ one scale per token per group of 128 features, an MX format one shared exponent 
 and a per-tensor format one scale for the whole activation.
 
 *Static* scales are calibrated once: the absolute maximum of each layer's input over the whole calibration batch,
-one scale per tensor. A static quantizer is the format's quantizer built (``fmt.make_quantizer``) from a reference
+one scale per tensor. A static quantizer is ``make_quantizer(fmt, ref)``, the format's quantizer built from a reference
 row ``[amax, -amax, 0, ...]`` one scale span wide, so its scale is exactly the one the format would pick for a
 tensor whose range is ``[-amax, amax]``; it is then applied to every span of every token. Values beyond ``amax``
 saturate. MX formats have no static variant (their shared exponents are per block by design): asking for one is an
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qscale.kernels import fake_quant, make_quantizer
 from qscale.lm.layers import LinearRef
 from qscale.quantize.registry import Method, MethodContext, MethodError, register_method
 
@@ -96,14 +97,14 @@ class ActivationQuantizer:
             ref[0, 0] = self.amax
             if span > 1:
                 ref[0, 1] = -self.amax
-            self._static, self._span = self.fmt.make_quantizer(ref), span
+            self._static, self._span = make_quantizer(self.fmt, ref), span
         return self._static, self._span
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, shape[-1]).float()
         if self.amax is None:
-            q = self.fmt.fake_quant(x2)
+            q = fake_quant(self.fmt, x2)
         else:
             quant, span = self._static_quantizer(shape[-1])
             x2 = x2.clamp(-self.amax, self.amax)

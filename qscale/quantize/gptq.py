@@ -10,7 +10,7 @@ The format is used only through its quantizer interface, so every format works t
 
 * a *scale span* (``fmt.scale_span(n)``: group size, MX block, or ``n`` for per-channel and per-tensor formats)
   decides where scales are computed: at the first column of each span ``g0`` the quantizer is built from the
-  current (error-updated) ``W[:, g0:g0+span]`` with ``fmt.make_quantizer`` and kept fixed for the span;
+  current (error-updated) ``W[:, g0:g0+span]`` with ``make_quantizer(fmt, slice)`` and kept fixed for the span;
 * per-tensor formats get one quantizer from the whole ``W`` before the loop;
 * the GPTQ block is rounded to a multiple of the span, so a span never straddles two lazy blocks (for MX formats the
   GPTQ block is a multiple of the MX block);
@@ -46,6 +46,7 @@ layers are held; works on CPU and CUDA (everything follows the model's device).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qscale.kernels import make_quantizer
 from qscale.lm.layers import LinearRef
 from qscale.quantize.registry import Method, MethodContext, MethodError, layer_format, register_method
 from qscale.quantize.sqnr import db, layer_record, layer_sqnr
@@ -148,10 +150,13 @@ def gptq_quantize_weight(
     act_order: bool = False,
     static_groups: bool | None = None,
     max_retries: int = 4,
+    quantizer: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> GPTQResult:
     """GPTQ-quantize one ``(out, in)`` weight ``w`` given the input Hessian ``h`` (in, in); ``w`` is not modified.
 
-    ``fmt`` needs ``scale_span(n)``, ``per_tensor`` and ``make_quantizer(w_slice)`` (see docs/interfaces.md).
+    ``fmt`` needs ``scale_span(n)`` and ``per_tensor``. ``quantizer(w_slice)`` fixes the scales of a ``(rows, span)``
+    slice and returns the function that quantizes its columns; by default :func:`qscale.kernels.make_quantizer`
+    of ``fmt`` (see docs/interfaces.md; a test passes a grid of its own).
     ``static_groups=None`` means: static when ``act_order`` is on and the format has groups, else dynamic.
     Returns the quantized weight in ``w``'s dtype and device.
     """
@@ -162,6 +167,8 @@ def gptq_quantize_weight(
     if blocksize < 1:
         raise ValueError(f"blocksize must be >= 1, got {blocksize}")
     n_rows, n_cols = w.shape
+    if quantizer is None:
+        quantizer = functools.partial(make_quantizer, fmt)
     work = torch.float32
     W = w.detach().to(work).clone()
     H = h.detach().to(device=W.device, dtype=torch.float64).clone()
@@ -187,10 +194,10 @@ def gptq_quantize_weight(
     # Quantizers fixed before the loop: per-tensor / per-channel (one span = the whole row), or static groups.
     fixed: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
     if per_tensor or not grouped:
-        fixed[0] = fmt.make_quantizer(W)
+        fixed[0] = quantizer(W)
     elif static_groups:
         for g0 in range(0, n_cols, span):
-            fixed[g0 // span] = fmt.make_quantizer(W[:, g0 : g0 + span])
+            fixed[g0 // span] = quantizer(W[:, g0 : g0 + span])
 
     perm = None
     if act_order:
@@ -222,7 +229,7 @@ def gptq_quantize_weight(
             else:  # dynamic groups (no act-order): scales from the error-updated span, at its first column
                 if g not in dynamic:
                     dynamic.clear()
-                    dynamic[g] = fmt.make_quantizer(W1[:, i : i + span])
+                    dynamic[g] = quantizer(W1[:, i : i + span])
                 quant = dynamic[g]
             wcol = W1[:, i]
             d = Hinv1[i, i]

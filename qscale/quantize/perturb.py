@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from qscale.kernels import fake_quant
 from qscale.quantize.activation import (
     _calib_record,
     _choice,
@@ -103,7 +104,7 @@ def perturb_tensor(
     x = t.float()
     target = None
     if match_fmt is not None:
-        target = _row_norm(match_fmt.fake_quant(x) - x)
+        target = _row_norm(fake_quant(match_fmt, x) - x)
     elif rel is not None:
         target = rel * _row_norm(x)
     if mode == "clip":

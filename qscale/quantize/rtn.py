@@ -1,4 +1,4 @@
-"""Round-to-nearest (RTN) weight quantization: each selected weight replaced by ``fmt.fake_quant(w)``.
+"""Round-to-nearest (RTN) weight quantization: each selected weight replaced by ``fake_quant(fmt, w)``.
 
 Its info dict carries the per-layer and model SQNR (:mod:`qscale.quantize.sqnr`).
 """
@@ -35,7 +35,7 @@ def quantize_layers(
 
 @register_method("rtn", "round-to-nearest")
 class RTN(Method):
-    """Round-to-nearest: every selected linear weight replaced by ``fmt.fake_quant(w)``; no calibration."""
+    """Round-to-nearest: every selected linear weight replaced by ``fake_quant(fmt, w)``; no calibration."""
 
     description = "round-to-nearest weight quantization (no calibration)"
     defaults: dict[str, Any] = {}

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qscale.laws.artifacts import MODELS_DIR, list_laws
-from qscale.laws.cv import SCHEMES, CVResult, cross_validate, group_column, spearman_within
+from qscale.laws.artifacts import default_models_dir, list_laws
+from qscale.laws.cv import SCHEMES, CVResult, cross_validate, spearman_within
 from qscale.laws.estimators import LawError
-from qscale.laws.fitting import DEFAULT_SCHEMES, FitData, load_fit_data
+from qscale.laws.fitting import DEFAULT_SCHEMES, FitData, choose, compare_estimators, load_fit_data
 from qscale.laws.registry import make_estimator, parse_estimators
 from qscale.paths import project_root, repo_path
 from qscale.progress import Progress
@@ -82,39 +82,20 @@ def evaluate(
     alpha: float = 0.1,
     tick: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], CVResult]]:
-    """Grouped CV of every preset under every applicable scheme: (scores table, results by (name, scheme)).
-    ``tick(note)`` is called after each (preset, scheme)."""
-    rows, results = [], {}
-    for scheme in schemes:
-        try:
-            group_column(data.frame, scheme)
-        except LawError:
-            continue
-        for name in names:
-            if tick is not None:
-                tick(f"{name} / {scheme}")
-            try:
-                est = make_estimator(name, data.kind, data.frame, data.target)
-                res = cross_validate(est, data.frame, scheme, alpha=alpha, name=name)
-            except LawError as err:
-                rows.append({"estimator": name, "scheme": scheme, "note": str(err)})
-                continue
-            results[(name, scheme)] = res
-            row = {"estimator": name, "scheme": scheme, **res.scores, "note": ""}
-            if res.largest is not None:
-                row["mae_largest"] = res.largest["mae"]
-                row["spearman_largest"] = res.largest["spearman"]
-            rows.append(row)
-    return pd.DataFrame(rows), results
+    """Grouped CV of every preset under every applicable scheme: (scores table, results by (name, scheme)),
+    from :func:`qscale.laws.fitting.compare_estimators` (a preset that does not apply to the data is a note).
+    ``tick(note)`` is called before each (preset, scheme)."""
+    results: dict[tuple[str, str], CVResult] = {}
+    scores = compare_estimators(data, names, schemes, alpha, results=results, tick=tick, unusable="note")
+    return scores, results
 
 
 def _best(scores: pd.DataFrame, scheme: str) -> str | None:
-    sub = scores[(scores["scheme"] == scheme)]
-    if "mae" not in sub or sub["mae"].notna().sum() == 0:
+    """The preset :func:`qscale.laws.fitting.choose` ships under ``scheme``; None when none was scored."""
+    try:
+        return choose(scores, scheme)
+    except LawError:
         return None
-    sub = sub[sub["mae"].notna()]
-    sub = sub[sub["n"] == sub["n"].max()]
-    return str(sub.sort_values("mae").iloc[0]["estimator"])
 
 
 def _score_table(
@@ -466,7 +447,7 @@ def write_report(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models_dir = Path(models_dir) if models_dir is not None else MODELS_DIR
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     if public is None:
         public = runs is None
     with Progress(progress) as prog:
@@ -531,7 +512,6 @@ def _report_lines(
 def _public_section(out: Path, models_dir: Path, prog: Any) -> list[str]:
     """The public laws' summary; the per-estimator detail goes to reports/public_laws.md
     (``qscale.report.public``; its CV table is reports/public_cv.csv, recomputed only when missing)."""
-    from qscale.laws.cv import cross_validate
     from qscale.report import public as pub
 
     row = prog.task("public: CV table, findings", total=2)

@@ -45,7 +45,6 @@ def report_cmd(
 
     With no options: the committed report's inputs, every section.
     """
-    from qscale.laws.estimators import LawError
     from qscale.progress import wanted
     from qscale.report.build import default_input, write_report
 
@@ -59,21 +58,20 @@ def report_cmd(
     if not 0 < alpha < 1:
         typer.secho(f"error: --alpha must be in (0, 1), got {alpha}", fg="red", err=True)
         raise typer.Exit(2)
-    try:
-        path = write_report(
-            runs=(runs or default_input("DEFAULT_RUNS")) if zoo else None,
-            out=out,
-            public=public,
-            estimators=estimator,
-            alpha=alpha,
-            models_dir=models_dir,
-            panel=(panel_runs or default_input("DEFAULT_PANEL")) if panel else None,
-            profile_cache=profile_cache,
-            progress=wanted(progress),
-        )
-    except (LawError, FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from err
+    # No except here: a bad input is one of qscale's own errors (LawError, PathError, ...) or the machine's
+    # (OSError, StoreError), and qscale.cli.main, the CLI's one error path, prints it in one line (exit 2); any
+    # other exception, a plain ValueError included, is a bug and keeps its traceback.
+    path = write_report(
+        runs=(runs or default_input("DEFAULT_RUNS")) if zoo else None,
+        out=out,
+        public=public,
+        estimators=estimator,
+        alpha=alpha,
+        models_dir=models_dir,
+        panel=(panel_runs or default_input("DEFAULT_PANEL")) if panel else None,
+        profile_cache=profile_cache,
+        progress=wanted(progress),
+    )
     typer.echo(f"wrote {path} (and tables/figures in {out})")
 
 

@@ -22,10 +22,10 @@ import pandas as pd
 
 from qscale.laws.cv import cross_validate
 from qscale.laws.estimators import LawError
-from qscale.laws.public import TARGETS, TRAIN_TOKENS, load_public, public_fit_frame
+from qscale.laws.public import TARGETS, TRAIN_TOKENS, default_path, load_public, public_fit_frame
 from qscale.laws.registry import estimator_names, make_estimator
+from qscale.paths import PathError, repo_path
 
-ROOT = Path(__file__).resolve().parents[2]
 SCHEMES = ("family", "table")
 #: Estimators left out per target, and why (printed in the report).
 _SKIP = {"ouyang-published": "published Pythia constants are for nats of loss, not refitted"}
@@ -373,7 +373,7 @@ def build(out: Path, cv: pd.DataFrame, save_laws: bool = False, models_dir: Path
         "| spec | bits/weight | eff. bits (Gaussian) | eff. bits (t5) | in the public rows |",
         "|---|---:|---:|---:|---:|",
     ]
-    cap = pd.read_csv(ROOT / "data" / "public" / "format_capacity.csv")
+    cap = pd.read_csv(default_path("DEFAULT_CAPACITY_CSV"))
     used = t[t["usable"]]["spec"].value_counts()
     for _, r in cap.iterrows():
         lines.append(
@@ -386,14 +386,30 @@ def build(out: Path, cv: pd.DataFrame, save_laws: bool = False, models_dir: Path
     return text
 
 
-DEFAULT_CV_CACHE = ROOT / "reports" / "public_cv.csv"
+#: The report's files in the repository (:mod:`qscale.paths`), with the option that replaces each; module
+#: attributes resolved when asked for (``DEFAULT_CV_CACHE``: the committed CV table), never at import.
+_DEFAULTS = {
+    "DEFAULT_CV_CACHE": ("reports/public_cv.csv", "--cv-cache"),
+    "DEFAULT_OUT": ("reports/public_laws.md", "--out"),
+}
+
+
+def _default(name: str) -> Path:
+    return repo_path(*_DEFAULTS[name])
+
+
+def __getattr__(name: str) -> Path:
+    if name in _DEFAULTS:
+        return _default(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cv_frame(
-    cache: Path = DEFAULT_CV_CACHE, refresh: bool = False, targets: list[str] | None = None, log=print
+    cache: Path | None = None, refresh: bool = False, targets: list[str] | None = None, log=print
 ) -> pd.DataFrame:
-    """The CV table of every target: read from ``cache`` (the committed reports/public_cv.csv) unless
+    """The CV table of every target: read from ``cache`` (default the committed reports/public_cv.csv) unless
     ``refresh`` or a target is missing there; what is computed is written back."""
+    cache = Path(cache) if cache is not None else _default("DEFAULT_CV_CACHE")
     targets = targets or list(TARGETS)
     if cache.exists() and not refresh:
         cv = pd.read_csv(cache, keep_default_na=False, na_values=[""])
@@ -437,12 +453,12 @@ def summary_lines(cv: pd.DataFrame) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qscale.report.public", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "public_laws.md")
+    ap.add_argument("--out", type=Path, default=None, help="the report (default reports/public_laws.md)")
     ap.add_argument(
         "--cv-cache",
         type=Path,
-        default=DEFAULT_CV_CACHE,
-        help="CV results (reused unless --refresh)",
+        default=None,
+        help="CV results, reused unless --refresh (default reports/public_cv.csv)",
     )
     ap.add_argument("--refresh", action="store_true", help="recompute the CV even if the cache exists")
     ap.add_argument("--save", action="store_true", help="refit and save the chosen law per target to models/")
@@ -453,9 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown target(s) {bad}; choices: {', '.join(TARGETS)}", file=sys.stderr)
         return 2
-    cv = cv_frame(args.cv_cache, args.refresh, targets, log=lambda m: print(m, file=sys.stderr))
-    build(args.out, cv, save_laws=args.save)
-    print(f"wrote {args.out}")
+    try:
+        out = args.out if args.out is not None else _default("DEFAULT_OUT")
+        cache = args.cv_cache if args.cv_cache is not None else _default("DEFAULT_CV_CACHE")
+    except PathError as err:  # an installed package: no reports/ to default to
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cv = cv_frame(cache, args.refresh, targets, log=lambda m: print(m, file=sys.stderr))
+    build(out, cv, save_laws=args.save)
+    print(f"wrote {out}")
     return 0
 
 

@@ -8,7 +8,8 @@ Endpoints (all JSON unless noted)::
                             (degraded: an artifact failed its hash check or load; docs/security.md)
     GET  /api/laws          the manifests of the laws the service can use
     GET  /api/laws/{name}   one manifest
-    GET  /api/formats       the format catalogue (spec, family, element bits, bits/element)
+    GET  /api/formats       the format catalogue: Format.facts() of each (spec, family, element_bits, block,
+                            granularity, bits_per_element, description), the keys of `qscale formats --json`
     GET  /api/models        the model names this server can load (zoo:, panel:, --model-dir entries)
     POST /api/predict       {"law": ..., "model": ..., "format": ...}                 -> one prediction
                             {"law": ..., "model": ..., "formats": "all-4bit" | [...],
@@ -18,6 +19,11 @@ Endpoints (all JSON unless noted)::
                             or a format, whose bits per weight become the law's input:
                             {"law": "public-...", "format": "int4-g128",
                              "inputs": {"params_b": 7, "method": "gptq"}}
+                            optional: "alpha" (0.1), "baseline_ppl" (adds delta_ppl), "extrapolate" (false;
+                            true answers inputs far outside the law's training range, with a warning)
+
+The prediction is :func:`qscale.laws.predict.rank_formats`, the same function as ``qscale predict --law``: the
+same ranking (least damage first, then fewest bits per element), recommendation and JSON (``Ranking.to_dict``).
 
 Bad input answers 400 (or 422 for a body that does not match the schema, naming the valid range), a body over
 the size limit 413, a full server 503 with ``Retry-After``. Nothing is written anywhere. The service only reads
@@ -43,6 +49,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from qscale import __version__
+from qscale.registry import unknown_name_message
 from qscale.service.guard import Guard, allowed_host_set
 from qscale.service.models import Busy, ModelLoadFailed, ModelPool, ModelRefused, ModelRoots, WorkQueue
 from qscale.service.schemas import MAX_FORMATS, PlanRequest, PredictRequest, valid_range
@@ -56,11 +63,6 @@ MODEL_CACHE = 2
 MAX_WORKERS = 2
 MAX_QUEUE = 8
 TIME_LIMIT = 120.0
-
-#: What public laws take in ``inputs`` besides their own feature columns.
-PUBLIC_INPUTS = ("params_b", "bits", "group_size", "method", "family", "train_tokens", "n_nonembed", "bpw")
-#: Keyword arguments of the Python prediction API: never settable from a request.
-RESERVED = frozenset({"alpha", "extrapolate", "features", "models_dir", "skipped", "model", "formats", "law"})
 
 
 class ErrorDetail(BaseModel):
@@ -173,13 +175,12 @@ def create_app(
             if name not in cache:
                 known = artifacts.list_laws(models_dir)
                 if name not in known:
-                    import difflib
-
-                    near = difflib.get_close_matches(name, known, n=3)
-                    hint = f" (did you mean {', '.join(near)}?)" if near else ""
                     shown = name if len(name) <= 80 else name[:77] + "..."
                     raise HTTPException(
-                        400, f"unknown law {shown!r}{hint}; available laws: {', '.join(known) or '(none)'}"
+                        400,
+                        unknown_name_message(shown, known, "law", n=3)
+                        if known
+                        else f"unknown law {shown!r}: this server has no laws",
                     )
                 try:
                     state = artifacts.verify_law(name, models_dir)
@@ -190,7 +191,9 @@ def create_app(
             return cache[name]
 
     def _law_reason(err: Exception) -> str:
-        return str(err).replace(str(artifacts.MODELS_DIR if models_dir is None else models_dir), "models")
+        return str(err).replace(
+            str(artifacts.default_models_dir() if models_dir is None else models_dir), "models"
+        )
 
     def law_status() -> tuple[list[str], list[dict[str, str]]]:
         good: list[str] = []
@@ -262,19 +265,7 @@ def create_app(
     def formats() -> list[dict[str, Any]]:
         from qscale.formats import get_format, list_formats
 
-        out = []
-        for spec in list_formats():
-            f = get_format(spec)
-            out.append(
-                {
-                    "spec": spec,
-                    "family": f.family,
-                    "element_bits": f.element_bits,
-                    "bits_per_element": f.bits_per_element,
-                    "description": f.description,
-                }
-            )
-        return out
+        return [get_format(spec).facts() for spec in list_formats()]
 
     @app.get("/api/models", responses=HOST_ERROR)
     def models() -> list[dict[str, str]]:
@@ -293,62 +284,35 @@ def create_app(
         specs: list[str | None] = (
             list(_expand_formats(req.formats)) if req.formats is not None else [req.format]
         )
-        given = _check_inputs(law_obj, req.inputs.given() if req.inputs is not None else {})
-        skipped: dict[str, str] = {}
+        given = req.inputs.given() if req.inputs is not None else {}
+
+        def rank(model: Any) -> Any:
+            return P.rank_formats(
+                model, specs, law_obj, alpha=req.alpha, extrapolate=req.extrapolate, budget=req.budget,
+                baseline_ppl=req.baseline_ppl, inputs=given, model_name=req.model,
+            )  # fmt: skip
+
         try:
-            if law_obj.kind == "public":
-                preds = _predict_public(law_obj, req, specs, given, skipped)
-            elif req.model is not None:
+            if law_obj.kind != "public" and req.model is not None:
+                P.check_inputs(law_obj, given)  # a bad request is answered before a model is loaded
                 ref = roots.resolve(req.model)
 
-                def work() -> list[Any]:
+                def work() -> Any:
                     with pool.use(ref) as lm:
-                        return P.predict_formats(
-                            lm, specs, law_obj, alpha=req.alpha,
-                            skipped=skipped if len(specs) > 1 else None, **given,
-                        )  # fmt: skip
+                        return rank(lm)
 
-                preds = queue.run(work)
-            else:
-                preds = P.predict_formats(
-                    None, specs, law_obj, alpha=req.alpha,
-                    skipped=skipped if len(specs) > 1 else None, **given,
-                )  # fmt: skip
-        except ModelRefused as err:
-            raise HTTPException(400, str(err)) from None
-        except ModelLoadFailed as err:
+                ranking = queue.run(work)
+            else:  # no model to load (a public law answers a model with its 400)
+                ranking = rank(req.model)
+        except (ModelRefused, ModelLoadFailed) as err:
             raise HTTPException(400, str(err)) from None
         except Busy as err:
             raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
         except (LawError, ValueError, KeyError, TypeError) as err:
             raise HTTPException(400, str(err)) from err
-        if not preds:
-            why = "; ".join(f"{s}: {r}" for s, r in skipped.items())
-            raise HTTPException(400, f"no format could be predicted for this model ({why})")
-        if req.model is not None:  # the client's name, never the server path it resolved to
-            preds = [dataclasses.replace(p, model=req.model) for p in preds]
-        deltas = None
-        if req.baseline_ppl is not None:
-            try:
-                deltas = [p.delta_ppl(req.baseline_ppl) for p in preds]
-            except LawError as err:
-                raise HTTPException(400, str(err)) from err
-        rows = [_row(p, d) for p, d in zip(preds, deltas or [None] * len(preds), strict=True)]
-        result: dict[str, Any] = {"predictions": rows}
-        if req.formats is not None:
-            order = sorted(
-                range(len(preds)), key=lambda i: (preds[i].value, preds[i].bits_per_element or 0.0)
-            )
-            preds = [preds[i] for i in order]
-            result["predictions"] = [rows[i] for i in order]
-        if skipped:
-            result["skipped"] = [{"format": s, "reason": r} for s, r in skipped.items()]
-        if req.budget is not None:
-            pick = P.recommend(preds, req.budget)
-            result["recommended"] = None if pick is None else pick.format
-            result["budget"] = req.budget
-        if len(preds) == 1 and req.formats is None:
-            result = rows[0]
+        result = ranking.to_dict()
+        if req.formats is None and len(ranking.predictions) == 1:  # one format: the prediction itself
+            result = result["predictions"][0]
         return {"law": req.law, "result": _jsonable(result)}
 
     @app.post("/api/plan", responses=ERRORS)
@@ -381,65 +345,3 @@ def create_app(
         return _jsonable(out)
 
     return app
-
-
-def _row(pred: Any, delta: tuple[float, float, float] | None) -> dict[str, Any]:
-    d = pred.to_dict()
-    if delta is not None:
-        d["delta_ppl"] = dict(zip(("value", "lo", "hi"), delta, strict=True))
-    return d
-
-
-def _check_inputs(law: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` if every name is documented for ``law``, else a 400 naming the names it takes."""
-    allowed = set(law.estimator.features_) - RESERVED
-    if law.kind == "public":
-        allowed |= set(PUBLIC_INPUTS)
-    bad = sorted(k for k in given if k not in allowed or k in RESERVED)
-    if bad:
-        raise HTTPException(
-            400,
-            f"unknown input(s) {bad} for law '{law.name}'; it takes: {', '.join(sorted(allowed)) or '(none)'}",
-        )
-    return given
-
-
-def _predict_public(
-    law: Any, req: PredictRequest, specs: list[str | None], given: dict[str, Any], skipped: dict[str, str]
-) -> list[Any]:
-    """Public-data laws: no model; a format's bits per weight is the law's bit input."""
-    from qscale.formats import get_format
-    from qscale.laws import predict as P
-
-    if req.model is not None:
-        raise HTTPException(
-            400,
-            f"law '{law.name}' is a public-data law: it takes inputs (params_b, bits, method, ...), "
-            "not a model; pick a zoo law to predict for a model",
-        )
-    if specs == [None]:
-        return P.predict_formats(None, [None], law, alpha=req.alpha, **given)
-    clash = sorted(k for k in ("bits", "bpw", "group_size") if k in given)
-    if clash:
-        raise HTTPException(
-            400, f"give either a format or inputs {clash}, not both: the format sets the bits per weight"
-        )
-    preds = []
-    for spec in specs:
-        try:
-            fmt = get_format(str(spec))
-            bpe = float(fmt.bits_per_element)
-            (p,) = P.predict_formats(None, [str(spec)], law, alpha=req.alpha, **given)
-        except ValueError as err:  # FormatError, LawError
-            if len(specs) == 1:
-                raise
-            skipped[str(spec)] = str(err)
-            continue
-        warns = list(p.warnings)
-        if fmt.family != "int" and not any(f.startswith("eff_bits") for f in law.estimator.features_):
-            warns.append(
-                f"law '{law.name}' was fitted on integer weight formats; {spec} ({fmt.family}) enters only "
-                f"through its {bpe:g} bits per weight"
-            )
-        preds.append(dataclasses.replace(p, format=str(fmt), bits_per_element=bpe, warnings=tuple(warns)))
-    return preds

@@ -3,8 +3,9 @@
 description and repeated in the 422 message (:func:`valid_range`).
 
 ``inputs`` takes only documented names: the public-law inputs below, or for other laws the law's own feature
-columns (checked against the law in the app). Keyword arguments of the Python API (``alpha``,
-``extrapolate``, ``features``, ``models_dir``, ...) can never be set through it.
+columns (checked against the law by :func:`qscale.laws.predict.check_inputs`). Keyword arguments of the Python
+API (``alpha``, ``extrapolate``, ``features``, ``models_dir``, ...) can never be set through it; ``alpha`` and
+``extrapolate`` are request fields of their own.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ RANGES: dict[str, str] = {
     "budget": "a finite number >= 0, the largest acceptable upper interval bound",
     "alpha": "a number strictly between 0 and 1; 1 - alpha is the interval's coverage",
     "baseline_ppl": "a finite number > 0, the unquantized model's perplexity",
+    "extrapolate": "true or false (default false); true answers inputs far outside the law's training range",
     "params_b": "a finite number > 0, the model size in billions of parameters, not a boolean",
     "bits": "a number from 1 to 32, the nominal weight bits",
     "bpw": "a number > 0 and at most 64, bits per weight including scale overhead",
@@ -159,6 +161,13 @@ class PredictRequest(BaseModel):
     baseline_ppl: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = Field(
         None,
         description=_d("baseline_ppl", "log-ppl-ratio laws: the fp16 perplexity, to add delta_ppl."),
+    )
+    extrapolate: Annotated[bool, Field(strict=True)] = Field(
+        False,
+        description=_d(
+            "extrapolate",
+            "Answer inputs more than 100x beyond the law's training range (with a warning) instead of a 400.",
+        ),
     )
     inputs: Inputs | None = Field(None, description=_d("inputs", "Feature values given directly."))
 

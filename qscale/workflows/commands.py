@@ -1,5 +1,6 @@
 """CLI adapters of the workflows: ``qscale predict`` (profile law by default for a model), ``qscale profile``,
-``qscale plan`` (mixed-precision plans) and ``qscale export`` (a plan for llama.cpp or llm-compressor)."""
+``qscale plan`` (mixed-precision plans), ``qscale export`` (a plan for llama.cpp or llm-compressor), ``qscale demo``
+and ``qscale lens`` (the perturbation-lens study)."""
 
 from __future__ import annotations
 
@@ -460,14 +461,14 @@ def demo_cmd(
     """The whole job, measured, in its own folder: train the tiny zoo if missing, collect, fit laws, predict a
     held-out family beside the baselines, and predict / measure / plan a real model."""
     from qscale.progress import quiet_third_party
-    from qscale.workflows.demo import REAL_SPEC, ZOO_SPEC, DemoError, run_demo
+    from qscale.workflows.demo import DemoError, run_demo
 
     try:
         with quiet_third_party():
             summary = run_demo(
                 out,
-                zoo_spec=spec_path or ZOO_SPEC,
-                real_spec=real_spec or REAL_SPEC,
+                zoo_spec=spec_path,
+                real_spec=real_spec,
                 real=real,
                 plan_bpw=plan_bpw,
                 measure_plan=measure_plan,
@@ -481,9 +482,70 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
+def lens_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="HF checkpoint dir, zoo name (zoo:tiny-llama-m), panel:NAME or .gguf file."
+    ),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Evaluation tokens (test split)."),
+    corpus: str = typer.Option("enwiki_gensim", "--corpus", help="Evaluation corpus (see `qscale corpora`)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Evaluation window length."),
+    strengths: str = typer.Option(
+        "0.02,0.05,0.1,0.2,0.4", "--strengths", help="Comma-separated relative noise strengths ||e||/||w||."
+    ),
+    seed: int = typer.Option(0, "--seed", help="First noise seed (recorded)."),
+    n_seeds: int = typer.Option(1, "--seeds", min=1, help="Average every noise entry over this many seeds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write lens.json and lens.md into this folder."
+    ),
+) -> None:
+    """dnll of MODEL under weight/activation perturbations of each type and strength, and uniform vs cube-root."""
+    from qscale.lm import load
+    from qscale.workflows.lens import LensConfig, format_lens, run_lens
+
+    try:
+        rels = tuple(float(s) for s in strengths.split(",") if s.strip())
+    except ValueError as err:
+        raise typer.BadParameter(
+            f"--strengths must be comma-separated numbers, e.g. 0.05,0.1: {err}"
+        ) from err
+    if not rels or any(not (r >= 0) for r in rels):
+        raise typer.BadParameter("--strengths needs at least one non-negative number, e.g. 0.05,0.1")
+    if max_tokens < seq_len:
+        raise typer.BadParameter(f"--max-tokens ({max_tokens}) must be at least --seq-len ({seq_len})")
+    cfg = LensConfig(
+        corpus=corpus, seq_len=seq_len, max_tokens=max_tokens, strengths=rels, seed=seed, n_seeds=n_seeds
+    )
+    lm = load(model)
+    say = None if as_json else (lambda msg: typer.echo(msg, err=True))
+    result = run_lens(lm.model, lm.tokenizer, cfg, progress=say)
+    result["model"] = lm.name
+    result["hardware"] = _lens_hardware()
+    text = format_lens(result, lm.name)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lens.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        (out / "lens.md").write_text(text)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)
+
+
+def _lens_hardware() -> str:
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core CPU ({platform.machine()})"
+
+
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_cmd)
     app.add_typer(profile_app, name="profile")
     app.command("plan")(plan_cmd)
     app.command("export")(export_cmd)
     app.command("demo")(demo_cmd)
+    app.command(
+        "lens", help="Perturbation lens: dnll vs noise strength/shape, uniform vs cube-root (one model)."
+    )(lens_cmd)

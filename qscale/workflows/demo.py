@@ -34,15 +34,25 @@ from pathlib import Path
 from typing import Any
 
 from qscale.collect.demo import DemoError, collect_into, ensure_zoo, fmt_s
+from qscale.paths import project_root, repo_path
 
 __all__ = ["DEFAULT_OUT", "DemoError", "run_demo"]
 
-REPO = Path(__file__).resolve().parents[2]
 #: The repository's tracked folders: the demo reads them and never writes into them.
 TRACKED = ("data", "models", "reports")
 DEFAULT_OUT = Path("qscale-demo")
-ZOO_SPEC = REPO / "data" / "sweeps" / "demo_zoo.yaml"
-REAL_SPEC = REPO / "data" / "sweeps" / "demo_real.yaml"
+
+
+def zoo_spec_path() -> Path:
+    """The demo's zoo sweep, ``data/sweeps/demo_zoo.yaml`` of the project root (:mod:`qscale.paths`)."""
+    return repo_path("data/sweeps/demo_zoo.yaml", option="--spec")
+
+
+def real_spec_path() -> Path:
+    """The demo's real-model sweep, ``data/sweeps/demo_real.yaml`` of the project root."""
+    return repo_path("data/sweeps/demo_real.yaml", option="--real-spec")
+
+
 #: The family kept out of the demo fit and predicted at the end.
 HELD_OUT_FAMILY = "qwen2"
 #: The damage the demo's laws predict: KL to the float model, what the real-model step predicts too (the tiny
@@ -81,13 +91,14 @@ def _g(x: float | None, digits: int = 3) -> str:
 def check_out(out: Path) -> Path:
     """``out`` resolved; refuses the repository's tracked folders and a non-empty folder that is not a demo's."""
     res = out.expanduser().resolve()
-    for name in TRACKED:
-        top = REPO / name
+    repo = project_root()
+    for name in TRACKED if repo is not None else ():
+        top = repo.resolve() / name
         if res == top or top in res.parents:
             raise DemoError(
                 f"--out {out} is inside the repository's tracked {name}/; give a folder of its own"
             )
-    if res == REPO:
+    if repo is not None and res == repo.resolve():
         raise DemoError(
             f"--out {out} is the repository itself; give a folder of its own (default {DEFAULT_OUT})"
         )
@@ -503,8 +514,8 @@ def _plan_step(lm: Any, plan_model: Callable[..., dict[str, Any]], save_plan: Ca
 def run_demo(
     out: Path = DEFAULT_OUT,
     *,
-    zoo_spec: Path = ZOO_SPEC,
-    real_spec: Path = REAL_SPEC,
+    zoo_spec: Path | None = None,
+    real_spec: Path | None = None,
     real: bool | None = None,
     plan_bpw: float | None = PLAN_BPW,
     measure_plan: bool = True,
@@ -520,7 +531,10 @@ def run_demo(
     ``"failed"`` (the collected runs stay).
     """
     out = check_out(Path(out))
-    check_inputs(Path(zoo_spec), None if real is False else Path(real_spec), plan_bpw, estimators)
+    zoo_spec = Path(zoo_spec) if zoo_spec is not None else zoo_spec_path()
+    if real is not False:
+        real_spec = Path(real_spec) if real_spec is not None else real_spec_path()
+    check_inputs(zoo_spec, None if real is False else real_spec, plan_bpw, estimators)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER
     resumed = marker.is_file()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qscale.laws.artifacts import MODELS_DIR
+from qscale.laws.artifacts import default_models_dir
 from qscale.laws.estimators import LawError
 from qscale.laws.profile import ProfileCalibration, lomo_scores
 
@@ -30,7 +30,7 @@ UNITS = {"kld": "nats/token", "dnll": "nats/token"}
 
 
 def calibration_path(target: str = "kld", models_dir: str | Path | None = None) -> Path:
-    return Path(models_dir or MODELS_DIR) / f"profile-{target}.json"
+    return Path(models_dir or default_models_dir()) / f"profile-{target}.json"
 
 
 def load_calibration(target: str = "kld", models_dir: str | Path | None = None) -> ProfileCalibration:

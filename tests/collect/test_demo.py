@@ -208,7 +208,7 @@ def test_real_step_says_which_command_builds_a_missing_panel_model(tmp_path, mon
 
     monkeypatch.setenv("QSCALE_PANEL_DIR", str(tmp_path / "no-panel"))
     lines: list[str] = []
-    assert demo.real_model(tmp_path, demo.REAL_SPEC, lines.append) is None
+    assert demo.real_model(tmp_path, demo.real_spec_path(), lines.append) is None
     assert "skipped, panel:smollm2-135m is not built: `qscale panel build smollm2-135m`" in lines[-1]
     assert "qscale demo --real" in lines[-1]
 
@@ -219,5 +219,5 @@ def test_real_step_says_which_command_builds_a_missing_panel_model(tmp_path, mon
     with pytest.raises(
         DemoError, match=r"run `qscale panel build smollm2-135m` and then `qscale demo` again"
     ):
-        demo.real_model(tmp_path, demo.REAL_SPEC, lines.append, build=True)
+        demo.real_model(tmp_path, demo.real_spec_path(), lines.append, build=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written before the model exists

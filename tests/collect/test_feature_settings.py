@@ -1,12 +1,15 @@
-"""Issue 15 item 11 follow-up: a finished run whose features were measured with other settings is not reused.
+"""A finished run whose features were measured with other settings is not reused.
 
-Chosen: detect and re-measure (run keys unchanged). The eval settings are in the run key already; the
-calibration batch that data-dependent features get is recorded with each run (``provenance.feature_settings``)
-and a finished run recorded with another one is measured again, in place, and counted in ``n_resettled``.
+Issue 16 §1: the settings a run's features depend on are part of its run key (:mod:`qscale.collect.spec`), each
+only when it differs from its default: a sweep whose data-dependent features get another calibration batch plans
+other runs. The eval settings were in the key already. The settings are also recorded with each run
+(``provenance.feature_settings``); a run stored under a default-settings key but recorded with another
+calibration (the in-place scheme of issue 15) is measured again, in place, and counted in ``n_resettled``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +37,7 @@ def _outliers(row: dict) -> dict:
     return {k: v for k, v in row["features"].items() if k.startswith("act_outliers")}
 
 
-def test_other_calibration_remeasures_the_finished_run_in_place(tiny_models, tmp_path):
+def test_other_calibration_is_another_run(tiny_models, tmp_path):
     a = {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": 0}
     b = {**a, "seed": 1}
     with RunStore(tmp_path / "r.sqlite") as st:
@@ -51,25 +54,31 @@ def test_other_calibration_remeasures_the_finished_run_in_place(tiny_models, tmp
             },
             "calibration": a,
         }
+        assert row1["config"]["feature_settings"] == {"calibration": a}  # in the key
 
         again = collect(_spec(tiny_models[0], a), st, progress=False, device="cpu")
         assert (again.n_ok, again.n_skipped, again.n_resettled) == (0, 1, 0)  # same settings: reused
 
         other = collect(_spec(tiny_models[0], b), st, progress=False, device="cpu")
-        assert (other.n_ok, other.n_resettled, other.n_refilled) == (1, 1, 0)  # old code: skipped, 0 measured
-        (row2,) = st.rows("ok")
-        assert row2["run_key"] == row1["run_key"] and row2["attempts"] == 2  # same run, updated in place
+        assert (other.n_ok, other.n_skipped, other.n_resettled, other.n_refilled) == (1, 0, 0, 0)
+        rows = {r["run_key"]: r for r in st.rows("ok")}
+        assert len(rows) == 2 and rows[row1["run_key"]]["attempts"] == 1  # the first run is kept as it was
+        (row2,) = (r for k, r in rows.items() if k != row1["run_key"])
         assert row2["provenance"]["feature_settings"]["calibration"] == b
         assert _outliers(row2) != _outliers(row1)  # really measured on the other batch
         assert row2["metrics"]["nll"] == pytest.approx(
             row1["metrics"]["nll"], rel=1e-9
         )  # the run itself: same
+        back = collect(_spec(tiny_models[0], a), st, progress=False, device="cpu")
+        assert (back.n_ok, back.n_skipped) == (0, 1)  # both settings stay in the store
         assert st.leases() == []
 
 
 def test_runs_stored_before_the_record_count_as_the_default_calibration(tiny_models, tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
         collect(_spec(tiny_models[0], None), st, progress=False, device="cpu")
+        (row,) = st.rows("ok")
+        assert "feature_settings" not in row["config"]  # default settings: the key of before
         with st._write() as conn:  # a row from before the record: no provenance.feature_settings
             conn.execute("UPDATE runs SET provenance = json_remove(provenance, '$.feature_settings')")
         assert "feature_settings" not in st.rows("ok")[0]["provenance"]
@@ -81,7 +90,26 @@ def test_runs_stored_before_the_record_count_as_the_default_calibration(tiny_mod
             progress=False,
             device="cpu",
         )
-        assert (changed.n_ok, changed.n_resettled) == (1, 1)
+        assert (changed.n_ok, changed.n_resettled) == (1, 0)  # another key: a new run
+        assert len(st.rows("ok")) == 2
+
+
+def test_a_default_key_recorded_with_another_calibration_is_remeasured_in_place(tiny_models, tmp_path):
+    """A store of the issue-15 scheme: another calibration re-measured the run under its default-settings key."""
+    other = {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": 3}
+    with RunStore(tmp_path / "r.sqlite") as st:
+        collect(_spec(tiny_models[0], None), st, progress=False, device="cpu")
+        (row1,) = st.rows("ok")
+        with st._write() as conn:
+            conn.execute(
+                "UPDATE runs SET provenance = json_set(provenance, '$.feature_settings.calibration', json(?))",
+                (json.dumps(other),),
+            )
+        res = collect(_spec(tiny_models[0], None), st, progress=False, device="cpu")
+        assert (res.n_ok, res.n_resettled) == (1, 1)
+        (row2,) = st.rows("ok")
+        assert row2["run_key"] == row1["run_key"] and row2["attempts"] == 2
+        assert row2["provenance"]["feature_settings"]["calibration"] == CalibrationSpec().to_dict()
 
 
 def test_calibration_does_not_matter_without_data_dependent_features(tiny_models, tmp_path):

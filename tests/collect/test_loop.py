@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from qscale.collect.features import compute_features
 from qscale.collect.runner import StopFlag, collect
 from qscale.collect.spec import parse_spec, plan
 from qscale.collect.store import RunStore
+from qscale.features import compute_features
+from qscale.kernels import fake_quant
 
 FORMATS = ["int8-pc", "int4-g32", "fp8-e4m3-pc"]
 EVAL = {"seq_len": 64, "max_tokens": 1024, "batch_size": 4}
@@ -45,7 +46,7 @@ def _independent_nll(model_dir, fmt_spec):
         for layer in model.model.layers:
             for mod in layer.modules():
                 if isinstance(mod, torch.nn.Linear):
-                    mod.weight.copy_(fmt.fake_quant(mod.weight.detach().clone()))
+                    mod.weight.copy_(fake_quant(fmt, mod.weight.detach().clone()))
         model.double()
         w = get_windows(
             tok, corpus="enwiki_gensim", split="test", protocol="stride", seq_len=64, max_tokens=1024
@@ -72,7 +73,7 @@ def _independent_sqnr(model_dir, fmt_spec):
         for mod in layer.modules():
             if isinstance(mod, torch.nn.Linear):
                 w = mod.weight.detach()
-                q = fmt.fake_quant(w.clone())
+                q = fake_quant(fmt, w.clone())
                 sig += float(w.double().square().sum())
                 noise += float((w.double() - q.double()).square().sum())
     return 10 * math.log10(sig / noise)

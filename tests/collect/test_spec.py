@@ -9,14 +9,17 @@ import pytest
 import yaml
 
 from qscale.collect.spec import (
+    SETTING_DEFAULTS,
     CalibrationSpec,
     EvalSpec,
     SpecError,
+    key_settings,
     load_spec,
     parse_spec,
     plan,
     run_key,
 )
+from qscale.features import SETTINGS, LandscapeSettings
 
 
 @pytest.fixture
@@ -79,24 +82,25 @@ def test_every_problem_is_reported_with_its_field_path(model_dirs):
     errs = info.value.errors
     text = "\n".join(errs)
     assert any(e.startswith("formats[3]: unknown format 'int33'") and "did you mean" in e for e in errs), text
-    assert any(e.startswith("fromats: unknown key (did you mean formats?)") for e in errs), text
+    assert any(e.startswith("fromats: unknown key 'fromats'. Did you mean 'formats'?") for e in errs), text
     assert any(
-        e.startswith("models[1]: unknown zoo model or preset 'tiny-lama-s' (did you mean") for e in errs
+        e.startswith("models[1]: unknown zoo model or preset 'tiny-lama-s'. Did you mean") for e in errs
     ), text
     assert any(e.startswith("models[2]: no such model path") for e in errs), text
     assert any(e.startswith("methods[1]: unknown method 'gptqq'") and "gptq" in e for e in errs), text
     assert any(e.startswith("methods[2]:") and "dampp" in e for e in errs), text
     assert any(e.startswith("calibration.n_samples: expected a positive integer") for e in errs), text
     assert any(
-        e.startswith("calibration.corpus: unknown corpus 'enwiki' (did you mean enwiki_gensim") for e in errs
+        e.startswith("calibration.corpus: unknown corpus 'enwiki'. Did you mean 'enwiki_gensim'")
+        for e in errs
     )
     assert any(
-        e.startswith("eval.protocol: unknown protocol 'strid' (did you mean stride?)") for e in errs
+        e.startswith("eval.protocol: unknown protocol 'strid'. Did you mean 'stride'?") for e in errs
     ), text
     assert any(e.startswith("eval.split: unknown split 'tset'") for e in errs), text
-    assert any(e.startswith("features[0]: unknown feature 'sqnr_dbb' (did you mean sqnr_db") for e in errs), (
-        text
-    )
+    assert any(
+        e.startswith("features[0]: unknown feature 'sqnr_dbb'. Did you mean 'sqnr_db'") for e in errs
+    ), text
     assert len(errs) == 11, text
 
 
@@ -141,6 +145,36 @@ def test_run_key_is_sha256_of_the_canonical_config(model_dirs):
     assert plan(other_eval)[0].key("sha256:0123") != run.key("sha256:0123")
     batch = parse_spec(_spec(model_dirs, eval={"seq_len": 64, "max_tokens": 512, "batch_size": 2}))
     assert plan(batch)[0].key("sha256:0123") == run.key("sha256:0123")
+
+
+def test_a_features_settings_change_its_run_key(model_dirs):
+    """Issue 16 §1: the settings a run's features depend on (``Feature.settings``) are part of its key, each only
+    when it differs from its default, so that runs measured with the defaults keep the keys they had."""
+    ident = "sha256:0123"
+    a = {"corpus": "enwiki_gensim", "n_samples": 4, "seq_len": 64, "seed": 0}
+
+    def run(features, calibration=None):
+        raw = _spec(model_dirs, features=list(features))
+        if calibration is not None:
+            raw["calibration"] = calibration
+        return plan(parse_spec(raw))[0]
+
+    plain = run(())
+    # act_outliers looks at the calibration batch: another batch, another run
+    ra, rb = run(["act_outliers"], a), run(["act_outliers"], {**a, "seed": 1})
+    assert len({plain.key(ident), ra.key(ident), rb.key(ident)}) == 3
+    assert ra.config(ident)["feature_settings"] == {"calibration": a}
+    # at the default calibration the key is the one from before settings were keyed (no entry at all)
+    default = run(["act_outliers"])
+    assert default.key(ident) == plain.key(ident) and "feature_settings" not in default.config(ident)
+    # no settings (sqnr_db), or only the run's own eval record, already in the key (float_nll): key unchanged
+    assert run(["sqnr_db", "float_nll"], a).key(ident) == plain.key(ident)
+    # general over the registry's settings, not special-cased: landscape settings count the same way
+    assert key_settings(["top_eig"], {"landscape": LandscapeSettings(seq_len=64)}) == (
+        ("landscape", LandscapeSettings(seq_len=64)),
+    )
+    assert key_settings(["top_eig"], {"landscape": LandscapeSettings()}) == ()
+    assert set(SETTING_DEFAULTS) == set(SETTINGS)  # every setting a feature may name has a default record
 
 
 def test_yaml_and_toml_files_give_the_same_spec(model_dirs, tmp_path):

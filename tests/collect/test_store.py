@@ -158,6 +158,25 @@ def test_to_frame_flattens_to_the_documented_columns(tmp_path):
     assert list(ok["run_key"]) == ["k1"]
 
 
+def test_a_missing_sqnr_db_stays_missing_not_the_methods_sqnr(tmp_path):
+    """A law fitted on float-weight SQNR must not predict from the SQNR of GPTQ's weights: a run that did not
+    measure the ``sqnr_db`` feature has NaN there, and ``method_sqnr_db`` stays a column of its own."""
+    with RunStore(tmp_path / "r.sqlite") as st:
+        st.put(_row("k1"))  # measured sqnr_db = 19.5
+        gptq = {**_row("k2")["metrics"], "method_sqnr_db": 23.0}
+        st.put(_row("k2", method="gptq", metrics=gptq, features={"weight_stats_kurtosis_max": 1.5}))
+        frame = st.to_frame().set_index("run_key")
+        detail = st.to_frame(detail=True).set_index("run_key")
+    assert frame.loc["k1", "sqnr_db"] == 19.5
+    assert math.isnan(frame.loc["k2", "sqnr_db"])
+    assert "method_sqnr_db" not in frame.columns
+    assert detail.loc["k2", "method_sqnr_db"] == 23.0 and math.isnan(detail.loc["k2", "sqnr_db"])
+    with RunStore(tmp_path / "only.sqlite") as st:
+        st.put(_row("k3", metrics=gptq, features={}))
+        only = st.to_frame()
+    assert "sqnr_db" not in only.columns  # no run measured it: no column, and nothing filled in
+
+
 def test_empty_store_frame_and_export_round_trip(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
         empty = st.to_frame()

@@ -152,7 +152,7 @@ def test_per_token_format_names():
 
 def test_bad_inputs_name_the_problem():
     x = torch.randn(2, 32)
-    with pytest.raises(ValueError, match="did you mean 'torch'"):
+    with pytest.raises(ValueError, match="Did you mean 'torch'"):
         act_fake_quant("int8-pt", x, backend="torhc")
     with pytest.raises(FormatError):
         act_fake_quant("int9-ptt", x)

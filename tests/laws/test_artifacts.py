@@ -101,5 +101,5 @@ def test_manifest_cannot_name_arbitrary_classes_or_params(tmp_path):
 
 def test_unknown_law_name_did_you_mean(tmp_path):
     _saved_forest(tmp_path)
-    with pytest.raises(LawError, match="did you mean 'f'"):
+    with pytest.raises(LawError, match=r"unknown law 'ff'. Did you mean 'f'\?"):
         load_law("ff", models_dir=tmp_path)

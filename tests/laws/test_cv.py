@@ -87,6 +87,34 @@ def test_public_metric_mae_delta_ppl():
     assert metrics(frame, "log_ppl_ratio", by="model_key")["mae_delta_ppl"] == pytest.approx(0.5)
 
 
+def test_metrics_of_a_diverged_prediction_do_not_overflow():
+    """A diverged fit predicting 1e200 (its square, its exp pass the float range): large or infinite scores,
+    no RuntimeWarning; the finite case keeps the plain formulas' numbers."""
+    import warnings
+
+    frame = pd.DataFrame(
+        {
+            "model_key": ["x", "x", "x"],
+            "log_ppl_ratio": [0.1, 0.2, 0.3],
+            "baseline": [10.0, 5.0, 8.0],
+            "pred": [1e200, 0.2, 800.0],
+        }
+    ).assign(lo=-1.0, hi=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = metrics(frame, "log_ppl_ratio", by="model_key")
+    assert m["mae"] == pytest.approx((1e200 - 0.1 + 799.7) / 3)
+    assert m["rmse"] == pytest.approx(1e200 / np.sqrt(3))  # representable: not an overflow to inf
+    assert m["r2"] == -np.inf and m["mae_delta_ppl"] == np.inf and m["coverage"] == 1.0
+
+    ok = frame.assign(pred=[0.0, 0.25, 0.5])
+    y, p, b = ok["log_ppl_ratio"].to_numpy(), ok["pred"].to_numpy(), ok["baseline"].to_numpy()
+    m = metrics(ok, "log_ppl_ratio", by="model_key")
+    assert m["rmse"] == float(np.sqrt(np.mean((p - y) ** 2)))  # bit for bit
+    assert m["r2"] == float(1.0 - np.sum((p - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    assert m["mae_delta_ppl"] == float(np.mean(np.abs(b * np.expm1(p) - b * np.expm1(y))))
+
+
 def test_bad_scheme_and_compare_notes():
     df = ouyang_frame()
     with pytest.raises(LawError, match="Did you mean 'table'"):

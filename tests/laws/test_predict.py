@@ -81,7 +81,7 @@ def _tiny_llama(path):
 
 def test_zoo_law_computes_only_needed_features_on_a_real_model(tmp_path):
     pytest.importorskip("torch")
-    from qscale.collect.features import compute_features
+    from qscale.features import compute_features
     from qscale.lm import load
 
     model_dir = _tiny_llama(tmp_path / "tiny")
@@ -141,9 +141,9 @@ def test_zoo_law_needs_model_or_features():
 
 def test_shipped_public_law_loads_and_predicts():
     """The three shipped public laws (one per target) answer with their target and unit, in order of bits."""
-    from qscale.laws.artifacts import MODELS_DIR, list_laws
+    from qscale.laws.artifacts import default_models_dir, list_laws
 
-    shipped = set(list_laws(MODELS_DIR))
+    shipped = set(list_laws(default_models_dir()))
     assert {"public-ppl", "public-kld", "public-acc"} <= shipped
     p4 = predict(law="public-ppl", params_b=7, bits=4, group_size=128, method="gptq")
     p2 = predict(law="public-ppl", params_b=7, bits=2, group_size=128, method="gptq")

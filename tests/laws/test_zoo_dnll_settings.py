@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qscale.laws.artifacts import MODELS_DIR, load_law, verify_law
+from qscale.laws.artifacts import default_models_dir, load_law, verify_law
 from qscale.laws.estimators import LawError
 from qscale.laws.predict import predict, predict_formats
 
@@ -48,7 +48,7 @@ def test_zoo_dnll_stores_the_settings_of_its_sweep():
 
 
 def test_bad_feature_settings_are_refused_by_name(tmp_path):
-    shutil.copytree(MODELS_DIR / "zoo-dnll", tmp_path / "zoo-dnll")
+    shutil.copytree(default_models_dir() / "zoo-dnll", tmp_path / "zoo-dnll")
     mpath = tmp_path / "zoo-dnll" / "manifest.json"
     manifest = json.loads(mpath.read_text())
     manifest["feature_settings"]["eval"]["windows"] = 3  # not a setting the collection has
@@ -143,7 +143,7 @@ def test_service_predicts_for_a_64_position_zoo_model(stored, zoo_root):
 
 
 def _law_without_settings(tmp_path: Path) -> Path:
-    shutil.copytree(MODELS_DIR / "zoo-dnll", tmp_path / "old-dnll")
+    shutil.copytree(default_models_dir() / "zoo-dnll", tmp_path / "old-dnll")
     mpath = tmp_path / "old-dnll" / "manifest.json"
     manifest = json.loads(mpath.read_text())
     del manifest["feature_settings"]
@@ -187,7 +187,7 @@ def test_model_shorter_than_the_laws_windows_is_one_line(tmp_path, shared_tokeni
 
 
 def test_model_level_features_are_computed_once_for_many_formats(shared_tokenizer, monkeypatch):
-    from qscale.collect import features as registry
+    from qscale.features import core as registry
     from qscale.lm.zoo import random_model
 
     info = registry.get_feature("top_eig")

@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("gguf")
 
+from qscale.kernels import fake_quant  # noqa: E402
 from qscale.lm import load  # noqa: E402
 from qscale.lm import panel as panel_mod  # noqa: E402
 from qscale.lm.loading import LoadError  # noqa: E402
@@ -96,7 +97,7 @@ def test_degenerate_formats_flags_the_base_grid():
     m = M()
     with torch.no_grad():
         w = torch.randn(8, 64)
-        m.lin.weight.copy_(get_format("int4-g32-asym").fake_quant(w))  # weights on an int4 block-32 grid
+        m.lin.weight.copy_(fake_quant(get_format("int4-g32-asym"), w))  # weights on an int4 block-32 grid
     res = {
         g.format: g
         for g in panel_mod.degenerate_formats(m, [get_format("int4-g32-asym"), get_format("int3-g32")])

@@ -19,10 +19,8 @@ from qscale.lm.zoo import (
     get_spec,
     list_zoo,
     select,
-    token_streams,
-    train_model,
-    validation_windows,
 )
+from qscale.lm.zoo_train import token_streams, train_model, validation_windows
 
 
 def _borrow_cache(zoo_root: Path, root: Path) -> Path:

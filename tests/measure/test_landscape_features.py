@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qscale.collect.features import compute_features, get_feature
-from qscale.collect.features_landscape import LandscapeSettings
+from qscale.features import LandscapeSettings, compute_features, get_feature
 from qscale.formats import get_format
 from qscale.measure.landscape import hessian_top_eigenvalues, hessian_trace, quant_direction_terms
 from qscale.measure.outliers import activation_stats

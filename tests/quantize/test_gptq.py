@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qscale.formats import get_format
+from qscale.kernels import fake_quant
 from qscale.quantize import MethodError, quantized
 from qscale.quantize.gptq import (
     GPTQError,
@@ -18,7 +19,8 @@ from tests.helpers import tiny_lm
 
 
 class GridFmt:
-    """Test-local symmetric uniform grid with absmax scales per row (per span): independent of qscale.formats."""
+    """Test-local symmetric uniform grid with absmax scales per row (per span): independent of qscale.formats and
+    qscale.kernels (passed to GPTQ as ``quantizer=fmt.make_quantizer``)."""
 
     per_tensor = False
     family = "int"
@@ -91,7 +93,7 @@ def test_gptq_equals_naive_obs(group, blocksize):
     H = 2 * X.T @ X / X.shape[0]
     W = torch.randn(24, d, generator=torch.Generator().manual_seed(1))
     fmt = GridFmt(7, group)
-    res = gptq_quantize_weight(W, H, fmt, blocksize=blocksize)
+    res = gptq_quantize_weight(W, H, fmt, blocksize=blocksize, quantizer=fmt.make_quantizer)
     ref = naive_obs(W, H, fmt)
     assert (res.q.double() - ref).abs().max() < 1e-5
     assert res.damp == 0.01 and res.retries == 0 and res.n_dead == 0
@@ -104,7 +106,7 @@ def test_gptq_act_order_static_groups_equals_naive():
     W = torch.randn(16, d, generator=torch.Generator().manual_seed(3))
     fmt = GridFmt(3, 16)
     order = torch.argsort(H.diagonal(), descending=True).tolist()
-    res = gptq_quantize_weight(W, H, fmt, blocksize=16, act_order=True)
+    res = gptq_quantize_weight(W, H, fmt, blocksize=16, act_order=True, quantizer=fmt.make_quantizer)
     ref = naive_obs(W, H, fmt, order=order, static=True)
     assert (res.q.double() - ref).abs().max() < 1e-5
     # the result lies on the format's grid with the static (original-W) group scales
@@ -128,7 +130,7 @@ def test_gptq_reconstruction_beats_rtn_per_format_on_heldout_inputs():
         fmt = get_format(spec)
         q = gptq_quantize_weight(W, acc.hessian, fmt).q
         e_gptq = float(((W - q) @ Xtest.T).norm())
-        e_rtn = float(((W - fmt.fake_quant(W)) @ Xtest.T).norm())
+        e_rtn = float(((W - fake_quant(fmt, W)) @ Xtest.T).norm())
         ratios[spec] = e_gptq / e_rtn
         assert e_gptq < 0.95 * e_rtn, (spec, e_gptq, e_rtn)
     assert set(ratios) == {"int4-g128", "int3", "fp4-e2m1-g32", "mxfp4", "nf4", "cbrt4-g128", "int8-pt"}
@@ -153,19 +155,22 @@ def test_cholesky_retry_records_damping():
     H = torch.eye(n, dtype=torch.float64)
     H[0, 0] = -0.05
     W = torch.randn(4, n, generator=torch.Generator().manual_seed(0))
-    res = gptq_quantize_weight(W, H, GridFmt(7), percdamp=0.01)
+    fmt = GridFmt(7)
+    res = gptq_quantize_weight(W, H, fmt, percdamp=0.01, quantizer=fmt.make_quantizer)
     assert res.retries == 1
     assert res.damp == pytest.approx(0.1)
     assert torch.isfinite(res.q).all()
 
     # singular H (rank 1, no dead column) without damping: retried with the default 1%
     ones = torch.ones(n, n, dtype=torch.float64)
-    res = gptq_quantize_weight(W, ones, GridFmt(7), percdamp=0.0)
+    res = gptq_quantize_weight(W, ones, fmt, percdamp=0.0, quantizer=fmt.make_quantizer)
     assert res.retries == 1 and res.damp == pytest.approx(0.01)
 
     # negative definite: every retry fails -> a clear error
     with pytest.raises(GPTQError, match="not positive-definite"):
-        gptq_quantize_weight(W, -torch.eye(n, dtype=torch.float64), GridFmt(7), max_retries=2)
+        gptq_quantize_weight(
+            W, -torch.eye(n, dtype=torch.float64), fmt, max_retries=2, quantizer=fmt.make_quantizer
+        )
 
 
 def test_dead_inputs_are_zeroed_and_counted():
@@ -174,7 +179,8 @@ def test_dead_inputs_are_zeroed_and_counted():
     acc = HessianAccumulator(32)
     acc.add(X)
     W = torch.randn(8, 32, generator=torch.Generator().manual_seed(7))
-    res = gptq_quantize_weight(W, acc.hessian, GridFmt(7))
+    fmt = GridFmt(7)
+    res = gptq_quantize_weight(W, acc.hessian, fmt, quantizer=fmt.make_quantizer)
     assert res.n_dead == 2
     assert torch.equal(res.q[:, [3, 17]], torch.zeros(8, 2))
 

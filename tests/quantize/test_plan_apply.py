@@ -1,7 +1,7 @@
 """Applying a mixed-precision plan: ``quantized(model, {layer: spec}, ...)`` and ``qscale quantize/eval --plan``.
 
 References are computed here, separately from the code under test: each planned weight against
-``get_format(spec).fake_quant(original)``, unplanned and restored weights against copies taken before, GPTQ with a
+``fake_quant(get_format(spec), original)``, unplanned and restored weights against copies taken before, GPTQ with a
 uniform plan against GPTQ with the single format, ``eval --plan`` against ``eval -f``, and the SQNR that
 ``quantize --plan`` prints against ``10 log10(sum w^2 / sum (w - q)^2)`` in float64.
 """
@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from qscale.cli import app
 from qscale.formats import get_format
+from qscale.kernels import fake_quant
 from qscale.lm.layers import linear_layers
 from qscale.quantize import MethodError, get_method, list_methods, quantized
 from qscale.quantize.plans import save_plan
@@ -53,7 +54,7 @@ def test_rtn_plan_puts_each_layer_in_its_format(micro_llama):
     plan = _mixed_plan(list(refs))
     before = _weights(model)
     originals = {n: refs[n].get_weight().detach().clone() for n in refs}
-    expected = {n: get_format(s).fake_quant(originals[n].clone()) for n, s in plan.items()}
+    expected = {n: fake_quant(get_format(s), originals[n].clone()) for n, s in plan.items()}
     with quantized(model, plan, method="rtn") as info:
         for n in refs:
             w = refs[n].get_weight()
@@ -131,7 +132,7 @@ def test_gptq_uniform_plan_equals_gptq_single_format(micro_llama):
     for n in refs:
         assert torch.equal(planned[n], single[n]), n
     # GPTQ did something beyond RTN (error compensation moves weights to other grid points)
-    assert any(not torch.equal(single[n], get_format("int4-g16").fake_quant(originals[n])) for n in refs)
+    assert any(not torch.equal(single[n], fake_quant(get_format("int4-g16"), originals[n])) for n in refs)
     for n, r in refs.items():
         assert torch.equal(r.get_weight(), originals[n]), n
 
@@ -230,7 +231,7 @@ def test_quantize_plan_reports_exactly_the_planned_layers(model_dir, shapes, tmp
     refs = {ref.name: ref for ref in linear_layers(load(str(model_dir)).model)}
     for n, spec in layers.items():
         w = refs[n].get_weight().detach()
-        q = get_format(spec).fake_quant(w.clone())
+        q = fake_quant(get_format(spec), w.clone())
         w64, q64 = w.double(), q.double()
         want = 10 * math.log10(float(w64.square().sum()) / float((w64 - q64).square().sum()))
         assert out["layers"][n]["sqnr_db"] == pytest.approx(want, rel=1e-6), n

@@ -124,8 +124,26 @@ def test_report_nothing_to_report_is_one_line():
     assert r.output.strip().count("\n") == 0 and "nothing to report" in r.output
 
 
-def test_report_missing_store_is_one_line(tmp_path):
-    r = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path)])
-    assert r.exit_code == 2
-    assert r.output.strip().count("\n") == 0 and "nope.sqlite" in r.output
+def test_report_missing_store_is_one_line(tmp_path, capsys):
+    """Through the CLI's one error path (qscale.cli.main): one line, exit 2."""
+    from qscale.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--runs", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path)])
+    text = capsys.readouterr().err
+    assert exc.value.code == 2 and text.startswith("error: ")
+    assert text.strip().count("\n") == 0 and "nope.sqlite" in text
     assert not np.any([p.suffix == ".md" for p in tmp_path.iterdir()])
+
+
+def test_report_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """A plain ValueError inside the report is a bug, not a user's mistake: it is not turned into one line."""
+    from qscale.cli import main
+    from qscale.report import build
+
+    def broken(**kwargs):
+        raise ValueError("a bug deep in the report")
+
+    monkeypatch.setattr(build, "write_report", broken)
+    with pytest.raises(ValueError, match="a bug deep in the report"):
+        main(["report", "--no-zoo", "--no-panel", "--out", str(tmp_path)])

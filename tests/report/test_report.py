@@ -221,3 +221,33 @@ def test_report_score_table_marks_diverged(tmp_path):
     )
     out = _score_table(scores, spread=0.2).splitlines()
     assert out[2] == "| a | family | 10 | 0.1 |" and out[3] == "| b | family | 10 | diverged |"
+
+
+def test_report_compares_and_chooses_through_laws_fitting(tmp_path):
+    """One compare -> choose (issue 16 §2): the report's scores and held-out predictions are
+    ``laws.fitting.compare_estimators``'s, its pick is ``choose``'s; a preset that does not apply to zoo data is
+    a note in the report and an error for ``qscale fit``."""
+    from qscale.laws.estimators import LawError
+    from qscale.laws.fitting import choose, compare_estimators
+    from qscale.report.build import _best, evaluate
+
+    runs = tmp_path / "runs.csv"
+    synthetic_runs().to_csv(runs, index=False)
+    data = load_fit_data(runs=runs)
+    names = ["bits-only", "second-order", "capacity-only"]
+    ticks: list[str] = []
+    scores, results = evaluate(data, names, ("family", "size"), tick=ticks.append)
+    assert ticks[0] == "bits-only / family" and len(ticks) == 6
+    assert set(results) == {(n, s) for n in ("bits-only", "second-order") for s in ("family", "size")}
+    capacity = scores[scores["estimator"] == "capacity-only"]
+    assert len(capacity) == 2 and capacity["note"].str.contains("public-table columns").all()
+    ref = compare_estimators(data, names[:2], ("family", "size"))
+    scored = scores[scores["estimator"] != "capacity-only"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(scored[ref.columns], ref, check_dtype=False)
+    assert _best(scores, "family") == choose(ref, "family")
+    assert results[("second-order", "family")].scores["mae"] == pytest.approx(
+        cross_validate(make_estimator("second-order", "zoo", data.frame), data.frame, "family").scores["mae"]
+    )
+    with pytest.raises(LawError, match="public-table columns"):
+        compare_estimators(data, names, ("family",))
+    assert _best(scores.iloc[:0].assign(mae=[]), "family") is None

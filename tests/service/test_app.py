@@ -71,7 +71,9 @@ def test_bad_input_is_a_clear_400(client_and_dir):
     r = client.post("/api/predict", json={"law": "public-svc", "inputs": {"params_b": 7, "method": "gptq"}})
     assert r.status_code == 400 and "bpw" in r.json()["detail"]
     r = client.post("/api/predict", json={"law": "publik-svc", "inputs": {}})
-    assert r.status_code == 400 and "did you mean public-svc" in r.json()["detail"]
+    assert (
+        r.status_code == 400 and "Did you mean 'public-svc'?" in r.json()["detail"]
+    )  # qscale.registry's style
     r = client.post("/api/predict", json={"law": "public-svc", "formats": "all-44bit"})
     assert r.status_code == 400 and "all-4bit" in r.json()["detail"]
     r = client.post("/api/predict", json={"law": "public-svc", "format": "int4", "formats": ["nf4"]})
@@ -139,6 +141,27 @@ def test_baseline_ppl_adds_delta_ppl(client_and_dir):
     assert res["delta_ppl"]["value"] == pytest.approx(5.47 * math.expm1(res["value"]), rel=1e-9)
 
 
+def test_extrapolate_is_a_request_field(client_and_dir):
+    """Far outside the training range a law refuses (400) unless the request sets "extrapolate": true, as the
+    CLI's --extrapolate and the Python API's extrapolate=True; then the answer carries a warning."""
+    client, d = client_and_dir
+    body = {"law": "public-svc", "inputs": {"params_b": 7000, "bits": 4, "method": "gptq"}}
+    r = client.post("/api/predict", json=body)
+    assert r.status_code == 400 and "refuses to extrapolate" in r.json()["detail"]
+    r = client.post("/api/predict", json={**body, "extrapolate": True})
+    assert r.status_code == 200, r.text
+    got = r.json()["result"]
+    assert any("beyond it" in w for w in got["warnings"])
+    ref = predict(law="public-svc", models_dir=d, params_b=7000, bits=4, method="gptq", extrapolate=True)
+    assert got["value"] == pytest.approx(ref.value, rel=1e-12)
+    assert client.post("/api/predict", json={**body, "extrapolate": False}).status_code == 400
+    spec = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["properties"]
+    assert (
+        spec["extrapolate"]["type"] == "boolean"
+        and "Valid: true or false" in spec["extrapolate"]["description"]
+    )
+
+
 # --- validation (items 7, 8) -------------------------------------------------------------------------------
 
 
@@ -158,7 +181,8 @@ def test_baseline_ppl_adds_delta_ppl(client_and_dir):
         ({"budget": -1, "inputs": PUBLIC}, "budget", ">= 0"),
         ({"baseline_ppl": -5, "inputs": PUBLIC}, "baseline_ppl", "> 0"),
         ({"formats": [f"int{2 + i % 7}-g{2 ** (i % 9 + 3)}" for i in range(201)]}, "formats", "at most 200"),
-        ({"extrapolate": True, "inputs": PUBLIC}, "extrapolate", ""),
+        ({"extrapolate": "yes", "inputs": PUBLIC}, "extrapolate", "true or false"),
+        ({"extrapolate": 1, "inputs": PUBLIC}, "extrapolate", "true or false"),
         ({"inputs": {**PUBLIC, "bits": 4, "Alpha": 1}}, "inputs", "feature name"),
     ],
 )

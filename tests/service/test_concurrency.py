@@ -134,7 +134,7 @@ def test_one_format_that_does_not_fit_is_skipped(zoo_models, model_dir, monkeypa
     """Issue 15, item 5: a ranking reports the format that cannot be computed and ranks the others."""
     from fastapi.testclient import TestClient
 
-    import qscale.collect.features as F
+    import qscale.features as F
 
     real = F.compute_features
 

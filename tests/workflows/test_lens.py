@@ -38,7 +38,7 @@ def test_run_lens_tables(lm):
     from qscale.corpora.windows import get_windows
     from qscale.measure import evaluate_windows
     from qscale.quantize import quantized
-    from qscale.quantize.lens import LensConfig, format_lens, run_lens, weight_group
+    from qscale.workflows.lens import LensConfig, format_lens, run_lens, weight_group
 
     model, tok = lm
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -16,6 +16,8 @@ windows:
    activations vs the ``cbrt`` method's ``cbrt8`` weights + per-token activations).
 
 ``run_lens(model, tokenizer, LensConfig(...))`` returns a JSON-able dict; ``format_lens`` renders Markdown tables.
+A workflow: it quantizes (:mod:`qscale.quantize`) and evaluates (:mod:`qscale.measure`); ``qscale lens`` is its CLI
+adapter in :mod:`qscale.workflows.commands`.
 """
 
 from __future__ import annotations

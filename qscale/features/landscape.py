@@ -1,4 +1,4 @@
-"""Curvature and outlier features for the law tables, registered with :mod:`qscale.collect.features`.
+"""Curvature and outlier features for the law tables, registered with :mod:`qscale.features`.
 
 All use one small calibration batch (``landscape_batch``): the first ``n_seqs`` rows and ``seq_len`` columns of
 the sweep's calibration batch ``ctx.calib`` when there is one, else ``calibration_batch(tokenizer, corpus,
@@ -23,8 +23,9 @@ qdir_quadratic      model_format  hvp     1/2 D^T H D (exact HVP along D)
 qdir_pred_dloss     model_format  hvp     qdir_linear + qdir_quadratic, the 2nd-order loss-change prediction
 ==================  ============  ======  ==================================================================
 
-Weight kurtosis / max-over-std / share beyond 6 std are the built-in ``weight_stats`` feature (cost
-"weights") of :mod:`qscale.collect.features`; they are not registered twice here.
+All depend on the calibration batch and the landscape settings (``settings=("calibration", "landscape")``;
+``landscape_settings`` on the latter only). Weight kurtosis / max-over-std / share beyond 6 std are the built-in
+``weight_stats`` feature (cost "weights") of :mod:`qscale.features.builtin`; they are not registered twice here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from qscale.collect.features import FeatureContext, register_feature
+from qscale.features.core import FeatureContext, register_feature
 
 __all__ = ["LandscapeSettings", "landscape_batch"]
 
@@ -109,19 +110,41 @@ def _qdir(ctx: FeatureContext) -> Any:
     return ctx.cache[key]
 
 
-@register_feature("hessian_trace", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "hessian_trace",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="log",
+    settings=("calibration", "landscape"),
+)
 def _hessian_trace(ctx: FeatureContext) -> float:
     """Hutchinson estimate of the trace of the loss Hessian over all trainable parameters."""
     return float(_trace(ctx).value)
 
 
-@register_feature("hessian_trace_se", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "hessian_trace_se",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+)
 def _hessian_trace_se(ctx: FeatureContext) -> float:
     """Standard error of the Hutchinson trace estimate."""
     return float(_trace(ctx).stderr)
 
 
-@register_feature("trace_per_param", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "trace_per_param",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="log",
+    settings=("calibration", "landscape"),
+    flex=1,
+)
 def _trace_per_param(ctx: FeatureContext) -> float:
     """Hessian trace divided by the number of parameters (mean diagonal curvature)."""
     return float(_trace(ctx).per_param)
@@ -140,19 +163,41 @@ def _linear_trace(ctx: FeatureContext) -> Any:
     return groups["linear"]
 
 
-@register_feature("trace_linear", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "trace_linear",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+)
 def _trace_linear(ctx: FeatureContext) -> float:
     """Hutchinson trace of the Hessian block of the quantized linear weights (what quantization perturbs)."""
     return float(_linear_trace(ctx).value)
 
 
-@register_feature("trace_linear_pp", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "trace_linear_pp",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+)
 def _trace_linear_pp(ctx: FeatureContext) -> float:
     """Trace of the linear weights' Hessian block per linear weight."""
     return float(_linear_trace(ctx).per_param)
 
 
-@register_feature("top_eig", level="model", unit="nats/token/param^2", cost="hvp")
+@register_feature(
+    "top_eig",
+    level="model",
+    unit="nats/token/param^2",
+    cost="hvp",
+    transform="log",
+    settings=("calibration", "landscape"),
+    flex=2,
+)
 def _top_eig(ctx: FeatureContext) -> float:
     """Largest eigenvalue of the loss Hessian (Lanczos, few steps)."""
     from qscale.measure.landscape import hessian_top_eigenvalues
@@ -164,7 +209,29 @@ def _top_eig(ctx: FeatureContext) -> float:
     return float(e.values[0])
 
 
-@register_feature("act_outliers", level="model", unit="mixed", cost="eval")
+@register_feature(
+    "act_outliers",
+    level="model",
+    unit="1",
+    cost="eval",
+    transform="none",
+    settings=("calibration", "landscape"),
+    columns={
+        "max_over_median_max": {
+            "description": "max over layers of a channel's absmax over the median channel's"
+        },
+        "max_over_median_mean": {"description": "its mean over layers"},
+        "kurtosis_max": {"description": "max over layers of the activation kurtosis"},
+        "kurtosis_mean": {"description": "its mean over layers"},
+        "n_outlier_features": {
+            "unit": "count",
+            "description": "input features beyond the LLM.int8 threshold 6",
+        },
+        "outlier_feature_frac": {"unit": "fraction", "description": "their share of all input features"},
+        "frac_layers_with_outliers": {"unit": "fraction", "description": "share of layers with an outlier"},
+        "absmax": {"unit": "activation units", "description": "largest absolute activation"},
+    },
+)
 def _act_outliers(ctx: FeatureContext) -> dict[str, float]:
     """Activation outlier aggregates over linear-layer inputs (max/median, kurtosis, LLM.int8 >6 features)."""
     from qscale.measure.outliers import activation_stats
@@ -172,7 +239,22 @@ def _act_outliers(ctx: FeatureContext) -> dict[str, float]:
     return activation_stats(ctx.model, landscape_batch(ctx)).summary()
 
 
-@register_feature("landscape_settings", level="model", unit="count", cost="free")
+@register_feature(
+    "landscape_settings",
+    level="model",
+    unit="count",
+    cost="free",
+    transform="none",
+    settings=("landscape",),
+    columns={
+        "n_seqs": {"description": "calibration sequences of the curvature features"},
+        "seq_len": {"unit": "tokens", "description": "tokens per sequence (capped at the model's positions)"},
+        "trace_samples": {"description": "Hutchinson samples"},
+        "eig_iters": {"description": "Lanczos steps"},
+        "eig_tol": {"unit": "1", "description": "Lanczos relative residual stopping rule"},
+        "seed": {"unit": "1", "description": "random seed"},
+    },
+)
 def _landscape_settings(ctx: FeatureContext) -> dict[str, float]:
     """The calibration batch shape and sample counts the curvature features use."""
     s = _settings(ctx)
@@ -185,19 +267,41 @@ def _landscape_settings(ctx: FeatureContext) -> dict[str, float]:
     return out
 
 
-@register_feature("qdir_linear", level="model_format", unit="nats/token", cost="hvp")
+@register_feature(
+    "qdir_linear",
+    level="model_format",
+    unit="nats/token",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+)
 def _qdir_linear(ctx: FeatureContext) -> float:
     """First-order term g.D of the loss change along the format's quantization direction D = Q(W) - W."""
     return float(_qdir(ctx).linear)
 
 
-@register_feature("qdir_quadratic", level="model_format", unit="nats/token", cost="hvp")
+@register_feature(
+    "qdir_quadratic",
+    level="model_format",
+    unit="nats/token",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+)
 def _qdir_quadratic(ctx: FeatureContext) -> float:
     """Quadratic term 1/2 D^T H D along the quantization direction (exact HVP)."""
     return float(_qdir(ctx).quadratic)
 
 
-@register_feature("qdir_pred_dloss", level="model_format", unit="nats/token", cost="hvp")
+@register_feature(
+    "qdir_pred_dloss",
+    level="model_format",
+    unit="nats/token",
+    cost="hvp",
+    transform="none",
+    settings=("calibration", "landscape"),
+    flex=3,
+)
 def _qdir_pred(ctx: FeatureContext) -> float:
     """Second-order prediction g.D + 1/2 D^T H D of the loss change when the weights are quantized."""
     return float(_qdir(ctx).predicted_dloss)
