@@ -127,7 +127,9 @@ def _inverse_cholesky_upper(
         hd = h + (damp * scale) * eye
         chol, info = torch.linalg.cholesky_ex(hd)
         if int(info) == 0 and bool(torch.isfinite(chol).all()):
-            hinv = torch.cholesky_inverse(chol)
+            # H^-1 from the factor by two triangular solves: torch.cholesky_inverse (LAPACK potri) is 7-15x
+            # slower on the CPU build (4.9 s vs 0.32 s at 576 columns, 23.7 s vs 3.4 s at 1536, loaded 2-core CPU)
+            hinv = torch.cholesky_solve(eye, chol)
             u, info2 = torch.linalg.cholesky_ex(hinv, upper=True)
             if int(info2) == 0 and bool(torch.isfinite(u).all()):
                 return u, damp, attempt

@@ -53,6 +53,7 @@ from qscale.registry import unknown_name_message
 from qscale.service.guard import Guard, allowed_host_set
 from qscale.service.models import Busy, ModelLoadFailed, ModelPool, ModelRefused, ModelRoots, WorkQueue
 from qscale.service.schemas import MAX_FORMATS, PlanRequest, PredictRequest, valid_range
+from qscale.workflows.profile import PROFILE_LAW
 
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("qscale.service")
@@ -276,7 +277,6 @@ def create_app(
         from qscale.laws import predict as P
         from qscale.laws.estimators import LawError
 
-        law_obj = get_law(req.law)
         if req.format and req.formats:
             raise HTTPException(
                 400, "give either 'format' (one spec) or 'formats' (a set or list to rank), not both"
@@ -284,6 +284,9 @@ def create_app(
         specs: list[str | None] = (
             list(_expand_formats(req.formats)) if req.formats is not None else [req.format]
         )
+        if req.law in (None, PROFILE_LAW):
+            return predict_profile(req, specs)
+        law_obj = get_law(req.law)
         given = req.inputs.given() if req.inputs is not None else {}
 
         def rank(model: Any) -> Any:
@@ -314,6 +317,50 @@ def create_app(
         if req.formats is None and len(ranking.predictions) == 1:  # one format: the prediction itself
             result = result["predictions"][0]
         return {"law": req.law, "result": _jsonable(result)}
+
+    def predict_profile(req: PredictRequest, specs: list[str | None]) -> dict[str, Any]:
+        """The default law for a model: its sensitivity profile (the CLI's `qscale predict --model M`)."""
+        from qscale.laws.estimators import LawError
+        from qscale.workflows.profile import predict_model, rank_profile
+
+        if req.model is None:
+            raise HTTPException(
+                400,
+                "the profile law predicts for a model: give 'model' (GET /api/models), or name a law "
+                "(GET /api/laws) to predict from inputs",
+            )
+        extra = [k for k in ("inputs", "baseline_ppl") if getattr(req, k) is not None]
+        if extra or req.extrapolate:
+            raise HTTPException(
+                400,
+                f"the profile law takes a model and formats, not {extra or ['extrapolate']}; name a law for those",
+            )
+        if specs == [None]:
+            raise HTTPException(400, "give 'format' or 'formats' to predict")
+        skipped: dict[str, str] = {}
+        try:
+            ref = roots.resolve(req.model)
+
+            def work() -> dict[str, Any]:
+                with pool.use(ref) as lm:
+                    return predict_model(
+                        lm, [str(s) for s in specs], alpha=req.alpha, models_dir=models_dir, skipped=skipped
+                    )
+
+            out = queue.run(work)
+        except (ModelRefused, ModelLoadFailed) as err:
+            raise HTTPException(400, str(err)) from None
+        except Busy as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
+        except (LawError, ValueError) as err:
+            raise HTTPException(400, str(err)) from None
+        if not out["predictions"]:
+            why = "; ".join(f"{s}: {r}" for s, r in skipped.items())
+            raise HTTPException(400, f"no format could be predicted for this model ({why})")
+        rank_profile(out, req.budget, skipped)
+        out["model"] = req.model  # the client's name, never the server path
+        out["profile"].pop("path", None)
+        return {"law": PROFILE_LAW, "result": _jsonable(out)}
 
     @app.post("/api/plan", responses=ERRORS)
     def plan(req: PlanRequest) -> dict[str, Any]:

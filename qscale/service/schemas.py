@@ -141,7 +141,14 @@ class Inputs(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    law: Name = Field(..., description=_d("law", "Name of a fitted law (GET /api/laws)."))
+    law: Name | None = Field(
+        None,
+        description=_d(
+            "law",
+            "Name of a fitted law (GET /api/laws); omitted or 'profile' with a model: the model's own "
+            "sensitivity profile (KL per format, with the layers that carry it).",
+        ),
+    )
     model: Name | None = Field(
         None,
         description=_d("model", "The model to predict for, by a name this server allows (GET /api/models)."),

@@ -57,7 +57,7 @@ def profile_predict(
     from qscale.laws.estimators import LawError
     from qscale.lm.loading import LoadError
     from qscale.progress import Progress, wanted
-    from qscale.workflows.profile import predict_model
+    from qscale.workflows.profile import predict_model, rank_profile
 
     skipped: dict[str, str] = {}
     try:
@@ -82,17 +82,11 @@ def profile_predict(
         return
     for spec, why in skipped.items():
         typer.secho(f"skipped {spec}: {why}", fg="yellow", err=True)
-    preds = sorted(out["predictions"], key=lambda p: p["value"])
-    if not preds:
+    if not out["predictions"]:
         _fail("no format could be predicted for this model")
-    rec = None
-    if budget is not None:
-        ok = [p for p in preds if p["hi"] <= budget]
-        rec = min(ok, key=lambda p: (p["bits_per_weight"], p["value"])) if ok else None
-        out["budget"] = budget
-        out["recommended"] = rec["format"] if rec else None
-    out["predictions"] = preds
-    out["skipped"] = skipped
+    rank_profile(out, budget, skipped)
+    preds = out["predictions"]
+    rec = next((p for p in preds if p["format"] == out.get("recommended")), None)
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
         return

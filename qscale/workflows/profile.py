@@ -27,6 +27,8 @@ from qscale.laws.estimators import LawError
 from qscale.laws.profile import ProfileCalibration, lomo_scores
 
 UNITS = {"kld": "nats/token", "dnll": "nats/token"}
+#: The name the profile law answers to (CLI, service, JSON): the default law for a model.
+PROFILE_LAW = "profile"
 
 
 def calibration_path(target: str = "kld", models_dir: str | Path | None = None) -> Path:
@@ -139,6 +141,107 @@ def format_terms(
     return out
 
 
+#: The calibration a weight method gets when none is given: the real panel's GPTQ sweep
+#: (data/sweeps/panel_gptq_smollm2.yaml), capped at the model's context.
+METHOD_CALIBRATION = {"corpus": "enwiki_gensim", "n_samples": 32, "seq_len": 512, "seed": 0}
+
+
+def profile_correlations(lm: Any, profile: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Input correlation matrices of the profiled layers, from forward passes over the profile's own
+    calibration tokens (:mod:`qscale.measure.kron`)."""
+    from qscale.corpora import calibration_batch
+    from qscale.measure.kron import input_correlations
+    from qscale.measure.sensitivity import default_calibration
+
+    cal = profile.settings.get("calibration") or default_calibration(lm)
+    calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    return input_correlations(lm.model, calib, exclude=profile.settings.get("exclude"))
+
+
+def method_terms(
+    lm: Any,
+    profile: Any,
+    specs: Sequence[str],
+    *,
+    method: str = "rtn",
+    params: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    correlations: dict[str, Any] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Per format, the weights ``method`` produces scored by the profile: ``raw`` (the diagonal Fisher) and,
+    with ``correlations`` (:func:`profile_correlations`), ``raw_corr`` (plus the input correlations within each
+    row, :mod:`qscale.measure.kron`), both in nats/token, with the per-layer terms and the seconds spent.
+
+    ``method="rtn"`` needs nothing else; a calibrated method (``gptq``) is run for real on ``lm`` (restored
+    afterwards) on ``calibration`` tokens (default :data:`METHOD_CALIBRATION`), so its cost is the method's
+    quantization time, without any quantized evaluation.
+    """
+    from qscale.formats import FormatError, get_format
+    from qscale.kernels import fake_quant
+    from qscale.lm.layers import linear_layers
+    from qscale.measure.kron import correlated_sq_error, sqrt_fisher
+    from qscale.quantize import quantized
+    from qscale.quantize.registry import get_method
+    from qscale.quantize.sqnr import db
+
+    exclude = profile.settings.get("exclude")
+    refs = {r.name: r for r in linear_layers(lm.model, exclude=exclude)}
+    floats = {n: refs[n].get_weight().float().clone() for n in profile.layers}
+    calib = None
+    m = get_method(method)
+    if m.calibration_needed(params or {}):
+        from qscale.corpora import calibration_batch
+
+        cal = dict(calibration or METHOD_CALIBRATION)
+        ctx = getattr(lm.model.config, "max_position_embeddings", None) or cal["seq_len"]
+        cal["seq_len"] = int(min(cal["seq_len"], ctx))
+        calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    out = []
+    for spec in specs:
+        t = time.perf_counter()
+        try:
+            fmt = get_format(spec)
+            if method == "rtn":
+                quant = {n: fake_quant(fmt, w) for n, w in floats.items()}
+            else:
+                with quantized(lm.model, fmt, method, params=params, calib=calib, exclude=exclude):
+                    quant = {n: refs[n].get_weight().float().clone() for n in profile.layers}
+        except (FormatError, ValueError) as err:
+            if skipped is None:
+                raise
+            skipped[str(spec)] = str(err)
+            continue
+        t_quant = time.perf_counter() - t
+        layers = {}
+        for name, lp in profile.layers.items():
+            w, dw = floats[name], quant[name] - floats[name]
+            sig, noise = float(w.square().sum().double()), float(dw.square().sum().double())
+            term = {
+                "kld": 0.5 * lp.weighted_sq_error(dw) / profile.n_tokens,
+                "sqnr_db": db(sig, noise),
+                "numel": int(w.numel()),
+            }
+            if correlations is not None:
+                term["kld_corr"] = (
+                    0.5 * correlated_sq_error(sqrt_fisher(lp), dw, correlations[name]) / profile.n_tokens
+                )
+            layers[name] = term
+        item = {
+            "format": str(fmt),
+            "method": method,
+            "raw": sum(v["kld"] for v in layers.values()),
+            "layers": layers,
+            "bits_per_weight": bits_per_weight(lm, fmt, exclude),
+            "quantize_s": round(t_quant, 3),
+            "seconds": round(time.perf_counter() - t, 3),
+        }
+        if correlations is not None:
+            item["raw_corr"] = sum(v["kld_corr"] for v in layers.values())
+        out.append(item)
+    return out
+
+
 def _interval(cal: ProfileCalibration, raw: float) -> dict[str, float]:
     v, lo, hi = (float(x) for x in cal.interval(raw))
     return {"value": v, "lo": lo, "hi": hi}
@@ -183,7 +286,7 @@ def predict_model(
             "target": "kld",
             "unit": UNITS["kld"],
             "alpha": alpha,
-            "law": "profile",
+            "law": PROFILE_LAW,
             "raw": item["raw"],
             "bits_per_weight": item["bits_per_weight"],
             "seconds": round(item["seconds"], 3),
@@ -210,7 +313,7 @@ def predict_model(
     return {
         "model": lm.name,
         "identity": lm.facts.identity,
-        "law": "profile",
+        "law": PROFILE_LAW,
         "calibration": {
             "population": pop,
             "form": cal.form,
@@ -231,6 +334,25 @@ def predict_model(
         },
         "predictions": preds,
     }
+
+
+def rank_profile(
+    out: dict[str, Any], budget: float | None = None, skipped: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Order :func:`predict_model`'s predictions by the one ranking rule of qscale's laws
+    (:func:`qscale.laws.predict.rank_key`: least predicted KL first, then fewest bits per weight) and, with a
+    ``budget``, add the recommendation of :func:`qscale.laws.predict.recommend`: the fewest bits per weight whose
+    upper interval bound is within the budget (ties: the smaller bound). Formats that could not be predicted
+    go under ``"skipped"`` as ``[{"format", "reason"}]``, the laws' shape. Returns ``out``, updated."""
+    out["predictions"] = sorted(out["predictions"], key=lambda p: (p["value"], p["bits_per_weight"]))
+    if budget is not None:
+        ok = [p for p in out["predictions"] if p["hi"] <= budget]
+        rec = min(ok, key=lambda p: (p["bits_per_weight"], p["hi"])) if ok else None
+        out["budget"] = budget
+        out["recommended"] = rec["format"] if rec else None
+    if skipped:
+        out["skipped"] = [{"format": f, "reason": r} for f, r in skipped.items()]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -473,12 +595,16 @@ def _plot(df: Any, out: Path, form: str = "line") -> None:
 
 
 __all__ = [
+    "PROFILE_LAW",
     "bits_per_weight",
     "calibration_path",
     "format_terms",
     "load_calibration",
     "measured_runs",
     "predict_model",
+    "method_terms",
+    "profile_correlations",
+    "rank_profile",
     "raw_predictions",
     "validate",
 ]

@@ -95,6 +95,17 @@ def test_predict_from_profile_matches_measured_kl(model_dir, identity_calibratio
 
     r2 = runner.invoke(app, args)
     assert json.loads(r2.stdout)["profile"]["computed"] is False  # cached by weights identity
+
+    # the Python API gives the CLI's numbers, ranked by the same rule, with the recommendation
+    import qscale
+
+    api = qscale.predict_model(
+        str(model_dir), ["int4-g16", "int8-pc"], models_dir=identity_calibration, budget=1e9
+    )
+    assert [p["format"] for p in api["predictions"]] == ["int8-pc", "int4-g16"]
+    for p in api["predictions"]:
+        assert p["value"] == pytest.approx(preds[p["format"]]["value"], rel=1e-9)
+    assert api["recommended"] == "int4-g16"  # every format is within the budget: the fewest bits per weight
     torch.manual_seed(0)
 
 
