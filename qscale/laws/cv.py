@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -218,9 +219,14 @@ def compare(
         except LawError as err:
             rows.append({"estimator": name, "scheme": scheme, "note": str(err)})
             continue
-        row = {"estimator": name, "scheme": scheme, **res.scores, "note": ""}
-        if res.largest is not None:
-            row["mae_largest"] = res.largest["mae"]
-            row["spearman_largest"] = res.largest["spearman"]
-        rows.append(row)
+        rows.append(score_row(res))
     return pd.DataFrame(rows)
+
+
+def score_row(res: CVResult) -> dict[str, Any]:
+    """One row of a comparison table: the estimator, the scheme, its scores (and on the largest models)."""
+    row = {"estimator": res.estimator, "scheme": res.scheme, **res.scores, "note": ""}
+    if res.largest is not None:
+        row["mae_largest"] = res.largest["mae"]
+        row["spearman_largest"] = res.largest["spearman"]
+    return row

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from qscale.laws.artifacts import Law, data_hash, default_models_dir, save_law, training_feature_settings
-from qscale.laws.cv import CVResult, cross_validate, group_column
+from qscale.laws.cv import CVResult, cross_validate, group_column, score_row
 from qscale.laws.estimators import LawError
 from qscale.laws.features import zoo_table
 from qscale.laws.registry import make_estimator
@@ -148,11 +148,7 @@ def compare_estimators(
                 continue
             if results is not None:
                 results[(n, s)] = res
-            row = {"estimator": n, "scheme": s, **res.scores, "note": ""}
-            if res.largest is not None:
-                row["mae_largest"] = res.largest["mae"]
-                row["spearman_largest"] = res.largest["spearman"]
-            rows.append(row)
+            rows.append(score_row(res))
     return pd.DataFrame(rows)
 
 

@@ -31,6 +31,16 @@ def test_target_transform_round_trip():
     assert to_z(np.array([0.2]), 1e-3)[0] == pytest.approx(math.log(400.0), abs=1e-5)
 
 
+def test_far_out_bounds_are_infinite_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = from_z(np.array([800.0, -800.0, 700.0]), 1e-3)
+    assert got[0] == math.inf and got[1] == -math.inf
+    assert got[2] == pytest.approx(1e-3 * math.sinh(700.0), rel=1e-12)
+
+
 def test_ouyang_refit_recovers_constants(ouyang_data):
     law = OuyangLaw(features=NDP).fit(ouyang_data)
     s = law.summary().set_index("param")
