@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from qscale.lm.layers import linear_layers
+from qscale.quantize.gptq import HessianAccumulator
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def input_correlations(
     terms.
     """
     refs = linear_layers(model, include=include, exclude=exclude)
-    acc: dict[str, torch.Tensor] = {}
+    acc: dict[str, HessianAccumulator] = {}
     owner: dict[str, str] = {}  # layer -> the layer whose accumulator it shares
     # id of an input tensor in the current forward -> (first layer that read it, the tensor: held so that its id
     # cannot be reused by a later tensor of the same forward)
@@ -61,10 +62,9 @@ def input_correlations(
                 return
             seen[key] = (name, x)
             owner.setdefault(name, name)
-            x2 = x.detach().reshape(-1, x.shape[-1]).float()
             if name not in acc:
-                acc[name] = torch.zeros(x2.shape[1], x2.shape[1], dtype=torch.float32, device=x2.device)
-            acc[name].addmm_(x2.t(), x2)
+                acc[name] = HessianAccumulator(x.shape[-1], device=x.device, dtype=torch.float32)
+            acc[name].add(x)
 
         return hook
 
@@ -89,7 +89,8 @@ def input_correlations(
             h.remove()
         model.train(was_training)
     corr: dict[str, torch.Tensor] = {}
-    for name, s in acc.items():
+    for name, a in acc.items():
+        s = a.sum
         d = s.diagonal().clamp_min(0)
         alive = d > 0
         inv = torch.where(alive, d.rsqrt(), torch.zeros_like(d))

@@ -183,7 +183,6 @@ def method_terms(
     from qscale.measure.kron import correlated_sq_error, sqrt_fisher
     from qscale.quantize import quantized
     from qscale.quantize.registry import get_method
-    from qscale.quantize.sqnr import db
 
     exclude = profile.settings.get("exclude")
     refs = {r.name: r for r in linear_layers(lm.model, exclude=exclude)}
@@ -213,20 +212,13 @@ def method_terms(
             skipped[str(spec)] = str(err)
             continue
         t_quant = time.perf_counter() - t
-        layers = {}
-        for name, lp in profile.layers.items():
-            w, dw = floats[name], quant[name] - floats[name]
-            sig, noise = float(w.square().sum().double()), float(dw.square().sum().double())
-            term = {
-                "kld": 0.5 * lp.weighted_sq_error(dw) / profile.n_tokens,
-                "sqnr_db": db(sig, noise),
-                "numel": int(w.numel()),
-            }
-            if correlations is not None:
-                term["kld_corr"] = (
+        layers = profile.layer_terms(lm.model, fmt, weights=lambda ref, q=quant: q[ref.name])
+        if correlations is not None:
+            for name, lp in profile.layers.items():
+                dw = quant[name] - floats[name]
+                layers[name]["kld_corr"] = (
                     0.5 * correlated_sq_error(sqrt_fisher(lp), dw, correlations[name]) / profile.n_tokens
                 )
-            layers[name] = term
         item = {
             "format": str(fmt),
             "method": method,
