@@ -319,14 +319,46 @@ def default_profile_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "qscale" / "profiles"
 
 
+#: Row length of the default calibration: the real panel's eval windows (``data/sweeps/panel_rtn.yaml``), so
+#: the profile sees token positions in the proportions the measured KL it is calibrated on averages over. The
+#: Fisher mass per token falls with the position (short contexts are uncertain; a model without BOS, such as
+#: Qwen2.5, has its attention sink in every row's first token): on Qwen2.5-Coder-0.5B rows of 256 put the raw
+#: prediction at 1.0-2.4x the measured KL of 512-token windows, rows of 512 at 0.4-0.8x (bench/profile.md).
+CALIBRATION_ROW = 512
+CALIBRATION_TOKENS = 2048
+
+
 def default_calibration(lm: Any) -> dict[str, Any]:
     """The default calibration of a profile: 2,048 tokens of the enwiki train split, in rows of
-    min(256, the model's context) tokens (zoo models: 32 x 64)."""
+    min(512, the model's context) tokens (real models: 4 x 512; zoo models: 32 x 64)."""
     ctx = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
-        lm.model.config, "n_positions", 256
+        lm.model.config, "n_positions", CALIBRATION_ROW
     )
-    seq_len = int(min(256, ctx))
-    return {"corpus": "enwiki_gensim", "n_samples": 2048 // seq_len, "seq_len": seq_len, "seed": 0}
+    seq_len = int(min(CALIBRATION_ROW, ctx))
+    return {
+        "corpus": "enwiki_gensim",
+        "n_samples": CALIBRATION_TOKENS // seq_len,
+        "seq_len": seq_len,
+        "seed": 0,
+    }
+
+
+def profile_path(
+    lm: Any,
+    *,
+    calibration: dict[str, Any] | None = None,
+    estimator: str = "rank1",
+    label_draws: int = 1,
+    cache_dir: str | Path | None = None,
+) -> tuple[Path, dict[str, Any], str]:
+    """Where :func:`cached_profile` keeps ``lm``'s profile for these settings: ``(path, settings, key)``; the
+    key hashes the weights' identity and every setting that changes the profile."""
+    cal = calibration or default_calibration(lm)
+    settings = {"calibration": cal, "estimator": estimator, "label_draws": label_draws}
+    key = profile_settings_key({"identity": lm.facts.identity, **settings})
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lm.facts.identity)[:60]
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_profile_dir()
+    return path / f"{safe}-{key}.safetensors", settings, key
 
 
 def cached_profile(
@@ -345,12 +377,10 @@ def cached_profile(
     """
     from qscale.corpora import calibration_batch
 
-    cal = calibration or default_calibration(lm)
-    settings = {"calibration": cal, "estimator": estimator, "label_draws": label_draws}
-    key = profile_settings_key({"identity": lm.facts.identity, **settings})
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lm.facts.identity)[:60]
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_profile_dir()
-    path = path / f"{safe}-{key}.safetensors"
+    path, settings, _ = profile_path(
+        lm, calibration=calibration, estimator=estimator, label_draws=label_draws, cache_dir=cache_dir
+    )
+    cal = settings["calibration"]
     if path.is_file() and not recompute:
         prof = SensitivityProfile.load(path)
         if prof.identity == lm.facts.identity:
@@ -369,6 +399,8 @@ def cached_profile(
 
 
 __all__ = [
+    "CALIBRATION_ROW",
+    "CALIBRATION_TOKENS",
     "ESTIMATORS",
     "cached_profile",
     "default_calibration",
@@ -377,6 +409,7 @@ __all__ = [
     "PROFILE_VERSION",
     "SensitivityProfile",
     "compute_profile",
+    "profile_path",
     "profile_settings_key",
     "rank1_nonneg",
 ]

@@ -379,19 +379,28 @@ def raw_predictions(
     import pandas as pd
 
     from qscale.lm import load
-    from qscale.measure.sensitivity import cached_profile
+    from qscale.measure.sensitivity import cached_profile, profile_path
 
     cache = Path(cache)
     store: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
     rows = []
     for model, g in df.groupby("model", sort=False):
+        lm = None
+        if model in store:  # an entry of other weights or other profile settings is recomputed whole
+            lm = load(model)
+            _, _, key = profile_path(lm, cache_dir=profile_dir)
+            if store[model].get("profile_key") != key:
+                log(f"{model}: cached raw predictions are of another profile; recomputing")
+                del store[model]
         need = [f for f in g["format"] if f not in store.get(model, {}).get("raw", {})]
         if need:
-            lm = load(model)
+            lm = lm or load(model)
             prof, _, computed = cached_profile(lm, cache_dir=profile_dir)
             entry = store.setdefault(model, {"raw": {}, "seconds": {}})
             entry.update(
                 identity=lm.facts.identity,
+                profile_key=profile_path(lm, cache_dir=profile_dir)[2],
+                calibration=prof.settings.get("calibration"),
                 profile_seconds=prof.seconds,
                 profile_passes=prof.passes,
                 profile_tokens=prof.n_tokens,
