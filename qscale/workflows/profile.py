@@ -385,7 +385,7 @@ def raw_predictions(
     store: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
     rows = []
     for model, g in df.groupby("model", sort=False):
-        lm = None
+        lm = key = None
         if model in store:  # an entry of other weights or other profile settings is recomputed whole
             lm = load(model)
             _, _, key = profile_path(lm, cache_dir=profile_dir)
@@ -395,11 +395,12 @@ def raw_predictions(
         need = [f for f in g["format"] if f not in store.get(model, {}).get("raw", {})]
         if need:
             lm = lm or load(model)
+            key = key or profile_path(lm, cache_dir=profile_dir)[2]
             prof, _, computed = cached_profile(lm, cache_dir=profile_dir)
             entry = store.setdefault(model, {"raw": {}, "seconds": {}})
             entry.update(
                 identity=lm.facts.identity,
-                profile_key=profile_path(lm, cache_dir=profile_dir)[2],
+                profile_key=key,
                 calibration=prof.settings.get("calibration"),
                 profile_seconds=prof.seconds,
                 profile_passes=prof.passes,

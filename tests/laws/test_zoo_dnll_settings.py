@@ -28,13 +28,19 @@ MODEL = "zoo:tiny-gpt2-s"  # 64 positions
 FORMATS = ["int8-pc", "int4-g16"]
 
 
+def _by_format(rows: list[dict]) -> dict[str, dict]:
+    """Store rows by format, as the flat rows a law is fitted on (+ the model identity)."""
+    from qscale.collect.store import flatten_row
+
+    return {r["format"]: {**flatten_row(r), "_identity": r["model_identity"]} for r in rows}
+
+
 def _stored_runs() -> dict[str, dict]:
-    """The committed zoo runs of MODEL by format, as the flat rows the law was fitted on (+ the identity)."""
-    from qscale.collect.store import RunStore, flatten_row
+    """The committed zoo runs of MODEL by format."""
+    from qscale.collect.store import RunStore
 
     with RunStore(REPO / "data" / "runs.sqlite", readonly=True) as st:
-        rows = [r for r in st.rows("ok") if r["model"] == MODEL]
-    return {r["format"]: {**flatten_row(r), "_identity": r["model_identity"]} for r in rows}
+        return _by_format([r for r in st.rows("ok") if r["model"] == MODEL])
 
 
 def test_zoo_dnll_stores_the_settings_of_its_sweep():
@@ -69,7 +75,7 @@ def stored(tiny_zoo, tmp_path_factory) -> dict[str, dict]:
     """MODEL x FORMATS collected afresh with the demo sweep's eval, calibration and features, as flat rows."""
     from qscale.collect.runner import collect
     from qscale.collect.spec import load_spec, parse_spec
-    from qscale.collect.store import RunStore, flatten_row
+    from qscale.collect.store import RunStore
     from qscale.lm import load
 
     demo = load_spec(REPO / "data" / "sweeps" / "demo.yaml")
@@ -85,7 +91,7 @@ def stored(tiny_zoo, tmp_path_factory) -> dict[str, dict]:
     with RunStore(path) as st:
         collect(spec, st, progress=False, device="cpu")
         rows = st.rows("ok")
-    runs = {r["format"]: {**flatten_row(r), "_identity": r["model_identity"]} for r in rows}
+    runs = _by_format(rows)
     assert sorted(runs) == sorted(FORMATS)
     # the law's sweep and this collection are one model under one identity
     identity = load(MODEL).facts.identity
@@ -114,17 +120,8 @@ def test_predict_measures_every_feature_as_the_training_runs(stored):
 
 
 @pytest.mark.slow
-def test_float_nll_equals_a_fresh_collection_of_the_same_model(stored, tmp_path):
-    from qscale.collect.runner import collect
-    from qscale.collect.spec import load_spec, parse_spec
-    from qscale.collect.store import RunStore
-
-    demo = load_spec(REPO / "data" / "sweeps" / "demo.yaml")
-    ev = dataclasses.asdict(demo.evals[0])
-    spec = parse_spec({"models": [MODEL], "formats": ["int8-pc"], "eval": ev})
-    with RunStore(tmp_path / "runs.sqlite") as st:
-        collect(spec, st, progress=False, device="cpu")
-        (row,) = st.rows("ok")
+def test_float_nll_equals_a_fresh_collection_of_the_same_model(stored):
+    # ``stored`` is that fresh collection (the demo sweep's eval settings)
     p = predict(
         MODEL,
         "int8-pc",
@@ -132,7 +129,7 @@ def test_float_nll_equals_a_fresh_collection_of_the_same_model(stored, tmp_path)
         features={k: v for k, v in stored["int8-pc"].items() if k != "float_nll"},
     )
     assert p.costs["float_nll"] == "eval"
-    assert p.features["float_nll"] == pytest.approx(row["metrics"]["float_nll"], rel=1e-9)
+    assert p.features["float_nll"] == pytest.approx(stored["int8-pc"]["float_nll"], rel=1e-9)
 
 
 @pytest.mark.slow
