@@ -632,7 +632,11 @@ def _derive_targets(table: pd.DataFrame) -> None:
     )
 
 
-_PANEL_FAMILY = {"panel:smollm2-135m": "SmolLM2", "panel:qwen2.5-coder-0.5b": "Qwen2.5-Coder"}
+_PANEL_FAMILY = {
+    "panel:smollm2-135m": "SmolLM2",
+    "panel:qwen2.5-coder-0.5b": "Qwen2.5-Coder",
+    "panel:qwen2.5-coder-1.5b": "Qwen2.5-Coder",
+}
 
 
 def panel_rows(store: str | Path | None = None) -> pd.DataFrame:

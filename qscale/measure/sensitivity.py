@@ -62,11 +62,19 @@ class LayerProfile:
 
     def weighted_sq_error(self, dw: torch.Tensor) -> float:
         """sum_ij F_ij dW_ij^2 for a ``(out, in)`` error (fp32 products, float64 sum of the row sums)."""
-        d2 = dw.detach().float().square()
+        return self.squared_sums(dw.detach().float().square())[0]
+
+    def squared_sums(self, d2: torch.Tensor) -> tuple[float, float]:
+        """``(sum_ij F_ij d2_ij, sum_ij d2_ij)`` of a squared ``(out, in)`` error, fp32 row sums summed in
+        float64. The rank-1 form reads ``d2`` once: one product with the two columns ``[col, 1]``."""
         if self.full is not None:
-            return float((self.full.float() * d2).sum(-1).double().sum())
+            return (
+                float((self.full.float() * d2).sum(-1).double().sum()),
+                float(d2.sum(-1).double().sum()),
+            )
         assert self.row is not None and self.col is not None
-        return float((d2 @ self.col.float()).double() @ self.row.double())
+        rs = (d2 @ torch.stack([self.col.float(), torch.ones_like(self.col, dtype=torch.float32)], 1)).double()
+        return float(rs[:, 0] @ self.row.double()), float(rs[:, 1].sum())
 
 
 @dataclass
@@ -101,11 +109,16 @@ class SensitivityProfile:
             if tuple(w.shape) != tuple(lp.shape):
                 raise ValueError(f"{name}: weight shape {tuple(w.shape)} != profile shape {lp.shape}")
             q = weights(refs[name]) if weights is not None else fake_quant(fmt, w)
-            dw = q.float() - w
-            sig = float(w.square().sum(-1).double().sum())
-            noise = float(dw.square().sum(-1).double().sum())
+            d2 = q.float()
+            # fake_quant's fresh fp32 output is reused for the error in place (one buffer, no temporaries);
+            # anything else (a caller's tensor, the input itself) is copied first
+            fresh = weights is None and d2 is q and d2.data_ptr() != w.data_ptr() and d2.is_contiguous()
+            d2 = d2.sub_(w) if fresh else d2 - w
+            d2.square_()
+            weighted, noise = lp.squared_sums(d2)
+            sig = float(torch.linalg.vector_norm(w, dim=-1).double().square().sum())
             out[name] = {
-                "kld": 0.5 * lp.weighted_sq_error(dw) / self.n_tokens,
+                "kld": 0.5 * weighted / self.n_tokens,
                 "rel_err": (noise / sig) ** 0.5 if sig > 0 else 0.0,
                 "sqnr_db": db(sig, noise),
                 "numel": int(w.numel()),

@@ -102,3 +102,29 @@ def test_rank1_recovers_an_outer_product_and_roundtrips(tmp_path):
         assert torch.equal(back.layers[n].row, lp.row) and torch.equal(back.layers[n].col, lp.col)
     with pytest.raises(ValueError, match="estimator"):
         compute_profile(_LM(model), ids, estimator="diag")
+
+
+@pytest.mark.parametrize("estimator", ["rank1", "full"])
+def test_layer_terms_match_a_float64_recomputation_and_leave_the_weights_alone(estimator):
+    from qscale.formats import get_format
+    from qscale.kernels import fake_quant
+
+    model = tiny_lm("llama", seed=3)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(2))
+    prof = compute_profile(_LM(model), ids, estimator=estimator)
+    refs = linear_layers(model)
+    before = {r.name: r.get_weight().clone() for r in refs}
+    fmt = get_format("int4-g32")
+    terms = prof.layer_terms(model, fmt)
+    for r in refs:
+        w = before[r.name]
+        assert torch.equal(r.get_weight(), w)  # the in-place error buffer is never the weight itself
+        lp = prof.layers[r.name]
+        fisher = lp.full.double() if estimator == "full" else torch.outer(lp.row.double(), lp.col.double())
+        dw = fake_quant(fmt, w).double() - w.double()
+        sig, noise = float(w.double().square().sum()), float(dw.square().sum())
+        t = terms[r.name]
+        assert t["kld"] == pytest.approx(0.5 * float((fisher * dw.square()).sum()) / prof.n_tokens, rel=1e-5)
+        assert t["rel_err"] == pytest.approx((noise / sig) ** 0.5, rel=1e-5)
+        assert t["sqnr_db"] == pytest.approx(10 * torch.log10(torch.tensor(sig / noise)).item(), abs=1e-4)
+        assert t["numel"] == w.numel()
