@@ -632,17 +632,10 @@ def _derive_targets(table: pd.DataFrame) -> None:
     )
 
 
-_PANEL_FAMILY = {
-    "panel:smollm2-135m": "SmolLM2",
-    "panel:qwen2.5-coder-0.5b": "Qwen2.5-Coder",
-    "panel:qwen2.5-coder-1.5b": "Qwen2.5-Coder",
-}
-
-
 def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
     """The real panel's finished runs as public-style rows, two per run (log_ppl_ratio = dnll, and kld),
-    table ``qscale-panel``. Formats that reproduce a checkpoint's own grid are flagged ``degenerate``
-    (SmolLM2 ships as Q4_1: int4-g32-asym re-quantizes it almost losslessly). The default ``store`` is the
+    table ``qscale-panel``. Formats that reproduce a checkpoint's own grid (the registry entry's
+    ``degenerate``, measured by ``qscale panel grid``) are flagged ``degenerate``. The default ``store`` is the
     committed run store of the real panel (``DEFAULT_PANEL_STORE``; N, D and formats known exactly), absent
     (no rows) in an installed package."""
     if store is None:
@@ -657,11 +650,14 @@ def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
 
     with RunStore(p, readonly=True) as st:
         f = st.to_frame()
+    from qscale.lm.panel import PANEL  # the registry (torch-free): family and base-grid formats per model
+
     f = f[f["status"].astype(str) == "ok"]
-    degenerate = {("panel:smollm2-135m", "int4-g32-asym")}
+    entries = {f"panel:{name}": e for name, e in PANEL.items()}
     rows = []
     for r in f.itertuples(index=False):
-        fam = _PANEL_FAMILY.get(r.model, str(r.family))
+        entry = entries.get(r.model)
+        fam = entry.family if entry is not None else str(r.family)
         base = {
             "table_id": "qscale-panel",
             "model": r.model,
@@ -690,7 +686,7 @@ def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
             "eval_dataset": "qscale panel corpus (exact KL)",
             "context_len": "",
             "notes": "measured by qscale (data/runs_panel.sqlite)",
-            "degenerate": (r.model, r.format) in degenerate,
+            "degenerate": entry is not None and str(r.format) in entry.degenerate,
         }
         g = _spec_group(str(r.format))
         base["group_size"], base["per_channel"] = g

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch only where a model is counted: the panel registry reads these facts torch-free
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def count_params(model: nn.Module) -> tuple[int, int, bool]:
 
     Parameters shared between modules are counted once.
     """
+    from torch import nn
+
     params = {id(p): p for p in model.parameters()}
     n_params = sum(p.numel() for p in params.values())
     inp = model.get_input_embeddings()

@@ -49,6 +49,11 @@ class PanelEntry:
     train_tokens: int | None
     train_tokens_source: str
     base_grid: str  # the GGUF quantization the weights sit on
+    family: str  # the model family, as the public tables name it (``train_tokens`` and family-level laws)
+    #: formats that reproduce ``base_grid`` (``qscale panel grid``: relative weight error < 1e-3), flagged
+    #: ``degenerate`` in the law data. None so far: the closest measured, int4-g32-asym on SmolLM2's Q4_1
+    #: weights, has relative error 0.084 (zero stays in its range, so it lands on another grid)
+    degenerate: tuple[str, ...] = ()
     optional: bool = False
     notes: str = ""
 
@@ -72,6 +77,7 @@ PANEL: dict[str, PanelEntry] = {
             train_tokens=2_000_000_000_000,
             train_tokens_source="HuggingFaceTB/SmolLM2-135M model card: 2T tokens",
             base_grid="Q4_1 (4-bit asymmetric, blocks of 32, fp16 scale and minimum)",
+            family="SmolLM2",
         ),
         PanelEntry(
             name="qwen2.5-coder-0.5b",
@@ -85,6 +91,7 @@ PANEL: dict[str, PanelEntry] = {
             train_tokens=23_500_000_000_000,
             train_tokens_source="Qwen2.5 report: 18T pre-training tokens; Qwen2.5-Coder report: +5.5T code tokens",
             base_grid="mostly Q5_0 (5-bit symmetric, blocks of 32, fp16 scale)",
+            family="Qwen2.5-Coder",
         ),
         PanelEntry(
             name="qwen2.5-coder-1.5b",
@@ -98,6 +105,7 @@ PANEL: dict[str, PanelEntry] = {
             train_tokens=23_500_000_000_000,
             train_tokens_source="Qwen2.5 report: 18T pre-training tokens; Qwen2.5-Coder report: +5.5T code tokens",
             base_grid="Q4_K_M (4-6 bit k-quants, super-blocks of 256)",
+            family="Qwen2.5-Coder",
             optional=True,
             notes="about 1.1 GB in 22 parts; digest recorded on first build (none is published)",
         ),
@@ -385,7 +393,7 @@ def degenerate_formats(
 
     A format whose relative error is below ``threshold`` reproduces the base grid (re-quantizing is nearly
     lossless: e.g. ``int4-g32-asym`` on Q4_1 weights): such runs say nothing about the format's damage on a float
-    model and are flagged ``base_grid_degenerate`` in the run store.
+    model; the registry entry's ``degenerate`` names them and the law data flags them (``panel_rows``).
     """
     import torch
 

@@ -168,10 +168,26 @@ def test_panel_rows_from_the_store(data):
     kl = p[(p["model"] == "panel:smollm2-135m") & (p["spec"] == "nf4-g64") & (p["target"] == "kld")]
     assert kl["kld"].iloc[0] == pytest.approx(r["kld"])
     assert (ppl["train_tokens"] == 2e12).all()
-    # the format that reproduces SmolLM2's Q4_1 checkpoint grid is set aside, with its reason
+    # int4-g32-asym does not reproduce SmolLM2's Q4_1 grid (relative weight error 0.084, `qscale panel grid`)
+    asym = p[(p["model"] == "panel:smollm2-135m") & (p["spec"] == "int4-g32-asym")]
+    assert len(asym) == 2 and asym["usable"].all()
+
+
+def test_panel_rows_set_aside_the_formats_the_registry_names_degenerate(monkeypatch):
+    import dataclasses
+
+    from qscale.laws.public import load_public
+    from qscale.lm import panel
+
+    entry = dataclasses.replace(panel.PANEL["smollm2-135m"], degenerate=("int4-g32-asym",))
+    monkeypatch.setitem(panel.PANEL, "smollm2-135m", entry)
+    p = load_public().table
+    p = p[p["table_id"] == "qscale-panel"]
     deg = p[(p["model"] == "panel:smollm2-135m") & (p["spec"] == "int4-g32-asym")]
     assert len(deg) == 2 and not deg["usable"].any()
     assert deg["drop_reason"].str.startswith("degenerate").all()
+    other = p[(p["model"] == "panel:qwen2.5-coder-0.5b") & (p["spec"] == "int4-g32-asym")]
+    assert other.empty or other["usable"].all()
 
 
 def test_public_law_reads_the_format(tmp_path):
