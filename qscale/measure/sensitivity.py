@@ -60,10 +60,6 @@ class LayerProfile:
     total: float = 0.0  # sum of the measured diagonal (before factorising)
     rank1_fit: float = float("nan")  # 1 - ||F - r c^T||_F / ||F||_F
 
-    def weighted_sq_error(self, dw: torch.Tensor) -> float:
-        """sum_ij F_ij dW_ij^2 for a ``(out, in)`` error (fp32 products, float64 sum of the row sums)."""
-        return self.squared_sums(dw.detach().float().square())[0]
-
     def squared_sums(self, d2: torch.Tensor) -> tuple[float, float]:
         """``(sum_ij F_ij d2_ij, sum_ij d2_ij)`` of a squared ``(out, in)`` error, fp32 row sums summed in
         float64. The rank-1 form reads ``d2`` once: one product with the two columns ``[col, 1]``."""
@@ -73,7 +69,9 @@ class LayerProfile:
                 float(d2.sum(-1).double().sum()),
             )
         assert self.row is not None and self.col is not None
-        rs = (d2 @ torch.stack([self.col.float(), torch.ones_like(self.col, dtype=torch.float32)], 1)).double()
+        rs = (
+            d2 @ torch.stack([self.col.float(), torch.ones_like(self.col, dtype=torch.float32)], 1)
+        ).double()
         return float(rs[:, 0] @ self.row.double()), float(rs[:, 1].sum())
 
 
