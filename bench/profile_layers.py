@@ -125,7 +125,9 @@ def main() -> None:
             "top_predicted": max(rows, key=lambda g: rows[g]["raw"]),
             "top_measured": max(rows, key=lambda g: rows[g]["measured"]),
         }
-        print(part, json.dumps({k: v for k, v in res["partitions"][part].items() if k != "groups"}), flush=True)
+        print(
+            part, json.dumps({k: v for k, v in res["partitions"][part].items() if k != "groups"}), flush=True
+        )
     slug = lm.name.replace("panel:", "").replace(":", "_").replace("/", "_")
     out = a.out or REPO / "bench" / "results" / f"profile_layers_{slug}_{fmt}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")

@@ -77,26 +77,34 @@ def test_cli_json_and_service_rank_and_recommend_alike(client, law, inputs, cli_
     assert by["int4-g128"]["features"]["bpw"] == pytest.approx(4.125)
 
 
-def test_non_integer_format_warning_and_clash_are_the_same_in_cli_and_service(client):
-    """public-kld has no capacity features: an MX format enters only through its bits per weight, which both
-    adapters now say; a format beside --bits is refused by both."""
+@pytest.fixture(scope="module")
+def ouyang_dir(tmp_path_factory):
+    """A public KL law without capacity features (Ouyang: N, D and bits per weight), fitted here."""
+    from qscale.laws.fitting import FitData, fit_law
+    from qscale.laws.public import public_fit_frame
+
+    out = tmp_path_factory.mktemp("laws")
+    frame = public_fit_frame(target="kld")
+    fit_law(FitData("public", frame, "test", "kld"), "ouyang", "kld-ouyang", scheme="family", models_dir=out)
+    return out
+
+
+def test_non_integer_format_warning_and_clash_are_the_same_in_cli_and_service(client, ouyang_dir):
+    """A law without capacity features: an MX format enters only through its bits per weight, which both
+    adapters say; a format beside --bits is refused by both."""
     inputs = {"params_b": 7, "family": "Llama-2", "method": "rtn"}
-    cli = _cli(
-        "--law",
-        "public-kld",
-        "--format",
-        "mxfp4",
-        "--params-b",
-        "7",
-        "--family",
-        "Llama-2",
-        "--method",
-        "rtn",
-    )
+    args = ["--law", "kld-ouyang", "--models-dir", str(ouyang_dir), "--params-b", "7"]
+    cli = _cli(*args, "--format", "mxfp4", "--family", "Llama-2", "--method", "rtn")
     (p,) = cli["predictions"]
     assert p["format"] == "mxfp4-e2m1-b32" and any("integer weight formats" in w for w in p["warnings"])
-    r = client.post("/api/predict", json={"law": "public-kld", "format": "mxfp4", "inputs": inputs})
+    svc = TestClient(create_app(ouyang_dir), base_url="http://127.0.0.1")
+    r = svc.post("/api/predict", json={"law": "kld-ouyang", "format": "mxfp4", "inputs": inputs})
     assert r.status_code == 200 and r.json()["result"]["warnings"] == p["warnings"]
+    # the shipped public-kld reads the format's capacity: no such warning
+    (q,) = _cli("--law", "public-kld", "--format", "mxfp4", "--params-b", "7", "--method", "rtn")[
+        "predictions"
+    ]
+    assert not any("integer weight formats" in w for w in q.get("warnings", []))
     r = runner.invoke(
         app, ["predict", "--law", "public-kld", "--format", "int4", "--bits", "4", "--params-b", "7"]
     )
