@@ -66,6 +66,7 @@ def main() -> None:
         items = format_terms(lm, prof, formats)
         res["predict_s"] = round(time.perf_counter() - t, 2)
         res["raw"] = {it["format"]: it["raw"] for it in items}
+        res["predict_format_s"] = {it["format"]: round(it["seconds"], 3) for it in items}
         print(f"profile {res['profile_s']} s, {len(formats)} predictions {res['predict_s']} s", flush=True)
         del lm
         spec = parse_spec(
