@@ -79,13 +79,21 @@ def test_cli_json_and_service_rank_and_recommend_alike(client, law, inputs, cli_
 
 @pytest.fixture(scope="module")
 def ouyang_dir(tmp_path_factory):
-    """A public KL law without capacity features (Ouyang: N, D and bits per weight), fitted here."""
+    """Two public KL laws fitted here: without capacity features (Ouyang: N, D and bits per weight) and with
+    them (rate-distortion)."""
     from qscale.laws.fitting import FitData, fit_law
     from qscale.laws.public import public_fit_frame
 
     out = tmp_path_factory.mktemp("laws")
     frame = public_fit_frame(target="kld")
     fit_law(FitData("public", frame, "test", "kld"), "ouyang", "kld-ouyang", scheme="family", models_dir=out)
+    fit_law(
+        FitData("public", frame, "test", "kld"),
+        "rate-distortion",
+        "kld-capacity",
+        scheme="family",
+        models_dir=out,
+    )
     return out
 
 
@@ -100,10 +108,9 @@ def test_non_integer_format_warning_and_clash_are_the_same_in_cli_and_service(cl
     svc = TestClient(create_app(ouyang_dir), base_url="http://127.0.0.1")
     r = svc.post("/api/predict", json={"law": "kld-ouyang", "format": "mxfp4", "inputs": inputs})
     assert r.status_code == 200 and r.json()["result"]["warnings"] == p["warnings"]
-    # the shipped public-kld reads the format's capacity: no such warning
-    (q,) = _cli("--law", "public-kld", "--format", "mxfp4", "--params-b", "7", "--method", "rtn")[
-        "predictions"
-    ]
+    # a law with capacity features (rate-distortion, fitted beside it) reads the format: no such warning
+    more = ["--models-dir", str(ouyang_dir), "--format", "mxfp4", "--params-b", "7", "--method", "rtn"]
+    (q,) = _cli("--law", "kld-capacity", *more)["predictions"]
     assert not any("integer weight formats" in w for w in q.get("warnings", []))
     r = runner.invoke(
         app, ["predict", "--law", "public-kld", "--format", "int4", "--bits", "4", "--params-b", "7"]
