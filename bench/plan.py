@@ -46,13 +46,14 @@ def main() -> None:
     from qscale.lm import load
     from qscale.measure import evaluate_windows, reference_outputs
     from qscale.measure.eval import reference_metrics
+    from qscale.paths import model_slug
     from qscale.quantize import quantized
     from qscale.workflows.plan import anchors_from_stores, plan_model, save_plan
 
     cands = args.candidates.split(",")
     targets = [float(t) for t in args.targets.split(",")]
     lm = load(args.model, attn_implementation="sdpa")
-    slug = lm.name.replace("panel:", "").replace(":", "_").replace("/", "_")
+    slug = model_slug(lm.name)
     anchors = anchors_from_stores([args.anchor], lm) if args.anchor else None
     if args.anchor:
         slug += "-anchored"

@@ -71,6 +71,7 @@ def main() -> None:
     from qscale.lm import load
     from qscale.measure import evaluate_windows, reference_outputs
     from qscale.measure.sensitivity import cached_profile
+    from qscale.paths import model_slug
     from qscale.quantize import quantized
     from qscale.workflows.profile import format_terms, load_calibration
 
@@ -128,7 +129,7 @@ def main() -> None:
         print(
             part, json.dumps({k: v for k, v in res["partitions"][part].items() if k != "groups"}), flush=True
         )
-    slug = lm.name.replace("panel:", "").replace(":", "_").replace("/", "_")
+    slug = model_slug(lm.name)
     out = a.out or REPO / "bench" / "results" / f"profile_layers_{slug}_{fmt}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {out}")

@@ -43,6 +43,7 @@ def main() -> None:
     from qscale.formats import get_format
     from qscale.lm import load
     from qscale.measure.sensitivity import cached_profile, compute_profile, default_calibration
+    from qscale.paths import model_slug
     from qscale.workflows.profile import format_terms
 
     specs = [str(get_format(s)) for s in a.formats.split(",") if s]
@@ -55,7 +56,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no measured RTN KL for {missing} of {lm.name} in {a.store}")
     base = default_calibration(lm)
-    slug = lm.name.replace("panel:", "").replace(":", "_").replace("/", "_")
+    slug = model_slug(lm.name)
     out = a.out or REPO / "bench" / "results" / f"profile_noise_{slug}.json"
     res: dict = {
         "model": lm.name,

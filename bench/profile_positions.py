@@ -23,6 +23,7 @@ from qscale.corpora import calibration_batch
 from qscale.kernels import fake_quant
 from qscale.lm import load
 from qscale.lm.layers import linear_layers
+from qscale.paths import model_slug
 
 model_name = sys.argv[1]
 K = int(sys.argv[2]) if len(sys.argv) > 2 else 16
@@ -61,6 +62,6 @@ for seed in (0, 1, 2):
         out.append(row)
         print(json.dumps(row), flush=True)
 print("seconds", time.perf_counter() - t)
-slug = model_name.replace("panel:", "").replace(":", "_")
+slug = model_slug(model_name)
 res = Path(__file__).parent / "results" / f"profile_positions_{slug}.json"
 res.write_text(json.dumps({"model": model_name, "K": K, "format": "int4-g128", "rows": out}, indent=1) + "\n")

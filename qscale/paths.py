@@ -18,7 +18,7 @@ from pathlib import Path
 #: The environment variable naming a folder laid out like the repository (``data/``, ``models/``).
 ENV_VAR = "QSCALE_ROOT"
 
-__all__ = ["ENV_VAR", "PathError", "checkout_root", "project_root", "repo_path"]
+__all__ = ["ENV_VAR", "PathError", "checkout_root", "model_slug", "project_root", "repo_path"]
 
 
 class PathError(ValueError):
@@ -49,3 +49,9 @@ def repo_path(rel: str | Path, option: str | None = None) -> Path:
             f"{give} to a folder holding the repository's data/ and models/"
         )
     return root / rel
+
+
+def model_slug(name: str) -> str:
+    """A model name as a file-name part of a result: ``panel:smollm2-135m`` -> ``smollm2-135m``,
+    ``zoo:tiny-opt-m`` -> ``zoo_tiny-opt-m``, ``/ckpt/dir`` -> ``_ckpt_dir``."""
+    return name.removeprefix("panel:").replace(":", "_").replace("/", "_")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qscale.paths import model_slug
+
 ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -126,7 +128,7 @@ def write_plan_report(
                 + ".",
                 "",
             ]
-        slug = doc.get("slug") or doc["model"].replace("panel:", "").replace(":", "_").replace("/", "_")
+        slug = doc.get("slug") or model_slug(doc["model"])
         for r in doc["rows"]:
             pf = Path(plans_dir) / f"{slug}-bpw{r['target_bpw']:g}.json"
             if not pf.is_file():
