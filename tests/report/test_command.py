@@ -70,12 +70,17 @@ def test_readme_report_command_rebuilds_committed_sections(tmp_path):
     assert tracked_inputs() == before  # run stores, profile cache and shipped laws only read
 
 
+def _panel_rtn_export() -> pd.DataFrame:
+    """The finished RTN runs of the committed flat export of the panel store (an independent reference)."""
+    export = pd.read_parquet(ROOT / "data" / "runs" / "panel_rtn.parquet")
+    return export[(export["status"] == "ok") & (export["method"] == "rtn")]
+
+
 def test_panel_predictions_are_cached_raw_through_shipped_calibration():
     df, notes = panel_predictions(DEFAULT_PANEL, DEFAULT_PROFILE_CACHE, ROOT / "models", alpha=0.1)
     assert notes == []
     # independent references: the flat export of the same runs, the cache file and the calibration file
-    export = pd.read_parquet(ROOT / "data" / "runs" / "panel_rtn.parquet")
-    export = export[(export["status"] == "ok") & (export["method"] == "rtn")]
+    export = _panel_rtn_export()
     assert sorted(zip(df["model"], df["format"], strict=True)) == sorted(
         zip(export["model"], export["format"], strict=True)
     )
@@ -101,21 +106,14 @@ def test_panel_section_states_why_runs_are_left_out(tmp_path):
     bad.write_text(json.dumps(cache))
     df, notes = panel_predictions(DEFAULT_PANEL, bad, ROOT / "models")
     assert qwen not in set(df["model"])
-    assert ("panel:smollm2-135m", "int8-pc") not in set(zip(df["model"], df["format"], strict=True))
-    assert ("panel:qwen2.5-coder-1.5b", "int8-pc") in set(zip(df["model"], df["format"], strict=True))
-    export = pd.read_parquet(ROOT / "data" / "runs" / "panel_rtn.parquet")
-    n_qwen = int(((export["model"] == qwen) & (export["status"] == "ok") & (export["method"] == "rtn")).sum())
+    pairs = set(zip(df["model"], df["format"], strict=True))
+    assert ("panel:smollm2-135m", "int8-pc") not in pairs and ("panel:qwen2.5-coder-1.5b", "int8-pc") in pairs
+    runs = _panel_rtn_export()["model"].value_counts()
+    n_qwen, n_smol = int(runs[qwen]), int(runs["panel:smollm2-135m"])
     assert n_qwen >= 11
     assert any(
         n.startswith(f"{qwen}: left out ({n_qwen} runs): the cached raw predictions are for other")
         for n in notes
-    )
-    n_smol = int(
-        (
-            (export["model"] == "panel:smollm2-135m")
-            & (export["status"] == "ok")
-            & (export["method"] == "rtn")
-        ).sum()
     )
     assert any(
         n.startswith(f"panel:smollm2-135m: 1 of {n_smol} runs left out, no cached raw prediction (int8-pc)")

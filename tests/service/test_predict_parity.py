@@ -85,15 +85,9 @@ def ouyang_dir(tmp_path_factory):
     from qscale.laws.public import public_fit_frame
 
     out = tmp_path_factory.mktemp("laws")
-    frame = public_fit_frame(target="kld")
-    fit_law(FitData("public", frame, "test", "kld"), "ouyang", "kld-ouyang", scheme="family", models_dir=out)
-    fit_law(
-        FitData("public", frame, "test", "kld"),
-        "rate-distortion",
-        "kld-capacity",
-        scheme="family",
-        models_dir=out,
-    )
+    data = FitData("public", public_fit_frame(target="kld"), "test", "kld")
+    fit_law(data, "ouyang", "kld-ouyang", scheme="family", models_dir=out)
+    fit_law(data, "rate-distortion", "kld-capacity", scheme="family", models_dir=out)
     return out
 
 
