@@ -333,24 +333,44 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _collect_hessians(
-    block: nn.Module, inputs: Sequence[BlockInput], refs: Sequence[LinearRef], record_groups: bool = False
+    block: nn.Module, inputs: Sequence[BlockInput], refs: Sequence[LinearRef], first_group_only: bool = False
 ) -> tuple[dict[str, HessianAccumulator], list[list[LinearRef]]]:
-    """Run ``block`` on every input with pre-hooks on ``refs``: Hessians, and (optionally) the layer groups.
+    """Run ``block`` on every input with pre-hooks on ``refs``: the layer groups and their Hessians.
 
     Groups: layers whose input in the first batch is the very same tensor, in the order the block first calls them.
+    The layers of a group share one accumulator (one ``X^T X`` per distinct input, not one per layer).
+    ``first_group_only``: accumulate only the first group's Hessian and stop each forward at the first call of a
+    layer outside it (what true-sequential GPTQ uses of a pass: the later groups' inputs change once the first is
+    quantized); the groups returned are then the first one (and at most the start of the next).
     """
-    acc = {r.name: HessianAccumulator(r.in_features, device=r.weight.device) for r in refs}
+    by_name = {r.name: r for r in refs}
+    acc: dict[str, HessianAccumulator] = {}
     first_input: dict[str, torch.Tensor] = {}
     order: list[str] = []
+    group_of: dict[str, int] = {}
+    added: dict[int, torch.Tensor] = {}  # accumulator id -> the tensor it last took in this batch
     handles = []
 
     def make_hook(ref: LinearRef):
         def hook(_module, args):
             x = args[0]
-            acc[ref.name].add(x)
-            if record_groups and ref.name not in first_input:
+            if ref.name not in group_of:  # first call of this layer (first batch): find or open its group
+                for name in order:
+                    if first_input[name] is x:
+                        group_of[ref.name] = group_of[name]
+                        acc[ref.name] = acc[name]
+                        break
+                else:
+                    group_of[ref.name] = len(set(group_of.values()))
+                    acc[ref.name] = HessianAccumulator(ref.in_features, device=ref.weight.device)
                 first_input[ref.name] = x
                 order.append(ref.name)
+            if first_group_only and group_of[ref.name] != 0:
+                raise _StopForward
+            a = acc[ref.name]
+            if added.get(id(a)) is not x:
+                a.add(x)
+                added[id(a)] = x
 
         return hook
 
@@ -358,20 +378,19 @@ def _collect_hessians(
         handles.append(ref.module.register_forward_pre_hook(make_hook(ref)))
     try:
         for inp in inputs:
-            run_block(block, inp)
+            added.clear()
+            with contextlib.suppress(_StopForward):
+                run_block(block, inp)
     finally:
         for h in handles:
             h.remove()
+    first_input.clear()
     groups: list[list[LinearRef]] = []
-    if record_groups:
-        by_name = {r.name: r for r in refs}
-        for name in order:
-            for grp in groups:
-                if first_input[grp[0].name] is first_input[name]:
-                    grp.append(by_name[name])
-                    break
-            else:
-                groups.append([by_name[name]])
+    for name in order:
+        g = group_of[name]
+        if g == len(groups):
+            groups.append([])
+        groups[g].append(by_name[name])
     return acc, groups
 
 
@@ -415,7 +434,7 @@ def gptq_model(
             refs = [r for r in layers if id(r.module) in members]
             remaining = list(refs)
             while remaining:
-                acc, groups = _collect_hessians(block, inputs, remaining, record_groups=True)
+                acc, groups = _collect_hessians(block, inputs, remaining, first_group_only=true_sequential)
                 if not groups:  # none of them is called on the calibration data: left to the RTN fallback
                     break
                 todo = groups[0] if true_sequential else [r for grp in groups for r in grp]
@@ -433,8 +452,12 @@ def gptq_model(
                     total_n += noise
                     done.add(ref.name)
                 del acc
+                # true sequential: the next pass finds the next group (a layer never called ends the loop with
+                # no groups); all at once: the layers not called are left to the RTN fallback
                 called = {r.name for grp in groups for r in grp}
-                remaining = [r for r in remaining if r.name not in done and r.name in called]
+                remaining = [
+                    r for r in remaining if r.name not in done and (true_sequential or r.name in called)
+                ]
             inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
         del inputs
     finally:
