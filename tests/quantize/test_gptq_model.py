@@ -102,3 +102,65 @@ def test_gptq_dnll_below_rtn_at_3_and_4_bits_and_calibration_sets(trained):
         assert res[spec]["random"] < res[spec]["rtn"], (spec, res[spec])
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _by_hand_true_sequential(model, fmt, calib, groups):
+    """Reference: per block, per group in call order, the whole block re-run from the captured inputs with a hook
+    per layer accumulating its own Hessian; no sharing, no early stop (the straightforward pipeline)."""
+    from qscale.formats import get_format
+    from qscale.quantize.gptq import (
+        HessianAccumulator,
+        capture_block_inputs,
+        find_blocks,
+        gptq_quantize_weight,
+        run_block,
+    )
+
+    fmt = get_format(fmt)
+    blocks = find_blocks(model)
+    inputs = capture_block_inputs(model, blocks[0], calib, batch_size=8)
+    for block in blocks:
+        for group in groups:
+            mods = [block.get_submodule(name) for name in group]
+            accs = [HessianAccumulator(m.in_features) for m in mods]
+
+            def hook(acc):
+                def f(_m, args):
+                    acc.add(args[0])
+
+                return f
+
+            handles = [m.register_forward_pre_hook(hook(a)) for a, m in zip(accs, mods, strict=True)]
+            with torch.no_grad():
+                for inp in inputs:
+                    run_block(block, inp)
+            for h in handles:
+                h.remove()
+            for m, acc in zip(mods, accs, strict=True):
+                res = gptq_quantize_weight(m.weight.data, acc.hessian, fmt)
+                m.weight.data.copy_(res.q)
+        with torch.no_grad():
+            inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
+
+
+def test_block_pipeline_equals_the_straightforward_true_sequential_gptq(trained):
+    import copy
+
+    model, _, text_calib, _ = trained
+    groups = [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+    ref = copy.deepcopy(model)
+    _by_hand_true_sequential(ref, "int3-g32", text_calib, groups)
+    got = copy.deepcopy(model)
+    with quantized(got, "int3-g32", method="gptq", calib=text_calib):
+        q = {n: p.detach().clone() for n, p in got.named_parameters()}
+    want = dict(ref.named_parameters())
+    changed = 0
+    for name, p in q.items():
+        assert torch.equal(p, want[name].detach()), name
+        changed += int(not torch.equal(p, dict(model.named_parameters())[name].detach()))
+    assert changed == 14  # 7 linear layers x 2 blocks were quantized, nothing else moved
