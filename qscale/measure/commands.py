@@ -70,6 +70,12 @@ def eval_cmd(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 (log-softmax is always fp32)."),
+    autocast: str | None = typer.Option(
+        None,
+        "--autocast",
+        help="bf16 | fp16: run the model's forward under torch.autocast (fp32 weights; with --format the "
+        "float reference stays fp32, so the KL includes what bf16 arithmetic adds).",
+    ),
     top_k: str = typer.Option(
         "auto",
         "--top-k",
@@ -83,11 +89,12 @@ def eval_cmd(
 
     from qscale.corpora.text import CorpusError, read_split
     from qscale.corpora.windows import WindowError, check_protocol, get_windows
-    from qscale.measure.eval import _parse_dtype, evaluate_windows, reference_outputs
+    from qscale.measure.eval import _autocast_dtype, _parse_dtype, evaluate_windows, reference_outputs
     from qscale.progress import Progress, wanted
 
     try:  # every mistake in the options before the model is loaded
         torch_dtype = _parse_dtype(dtype)
+        _autocast_dtype(autocast)
         k: Any = {"auto": "auto", "exact": None}.get(top_k)
         if k is None and top_k != "exact":
             if not top_k.isdigit() or int(top_k) < 1:
@@ -116,7 +123,7 @@ def eval_cmd(
     show = wanted(progress)
     with Progress(show) as bar:
         with bar.step(f"load {model}"):
-            lm = load(model, dtype=torch_dtype, device=device)
+            lm = load(model, dtype=torch_dtype, device=device, attn_implementation="sdpa")
         if plan_doc is not None:
             from qscale.quantize.plans import check_plan_model
 
@@ -151,7 +158,9 @@ def eval_cmd(
         if fmt is None:
             result = {
                 "model": model,
-                **evaluate_windows(lm.model, windows, batch_size=batch_size, progress=show),
+                **evaluate_windows(
+                    lm.model, windows, batch_size=batch_size, progress=show, autocast=autocast
+                ),
             }
         else:
             from qscale.formats import FormatError
@@ -165,7 +174,12 @@ def eval_cmd(
                     with bar.step(f"quantize {'plan' if plan_doc is not None else fmt} (rtn)"):
                         info = stack.enter_context(quantized(lm.model, fmt, method="rtn"))
                     q = evaluate_windows(
-                        lm.model, windows, reference=ref, batch_size=batch_size, progress=show
+                        lm.model,
+                        windows,
+                        reference=ref,
+                        batch_size=batch_size,
+                        progress=show,
+                        autocast=autocast,
                     )
             except FormatError as err:  # a spec that cannot be applied to this model
                 raise typer.BadParameter(f"{what}: {err}") from err

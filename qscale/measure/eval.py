@@ -135,6 +135,72 @@ def _forward_fn(model: Any):
     return run
 
 
+def _scored_forward(model: Any, autocast: Any = None):
+    """A function ``(ids, flat) -> (n, V)`` logits of the scored rows only (``flat`` from ``EvalWindows.batches``).
+
+    A model with an output-embedding module (every HF causal LM) gets its head applied to the scored hidden
+    states alone: a pre-hook on the head selects the rows, so the (B, L, V) logits are never built and never
+    copied (on SmolLM2's 49k vocabulary that copy cost as much as a third of the model's forward on a 2-core CPU;
+    bench/eval_panel.py). Element-wise head post-processing (Gemma's soft-capping, Cohere's logit scale) works on
+    any shape. A model whose forward reshapes the head's output, or any module without a head, gets the full
+    logits and then the rows. ``autocast``: a torch dtype to run the forward under ``torch.autocast``.
+    """
+    import torch
+
+    forward = _forward_fn(model)
+    get_head = getattr(model, "get_output_embeddings", None)
+    try:
+        head = get_head() if callable(get_head) else None
+    except (NotImplementedError, AttributeError):
+        head = None
+    state = {"hook": isinstance(head, torch.nn.Module)}
+
+    def call(ids: Any) -> Any:
+        if autocast is None:
+            return forward(ids)
+        with torch.autocast(ids.device.type, dtype=autocast):
+            return forward(ids)
+
+    def full(ids: Any, flat: Any) -> Any:
+        logits = call(ids)
+        return logits.reshape(-1, logits.shape[-1]).index_select(0, flat)
+
+    def run(ids: Any, flat: Any) -> Any:
+        if not state["hook"]:
+            return full(ids, flat)
+
+        def select(_module: Any, args: tuple) -> tuple:
+            h = args[0]
+            return (h.reshape(-1, h.shape[-1]).index_select(0, flat), *args[1:])
+
+        handle = head.register_forward_pre_hook(select)
+        try:
+            logits = call(ids)
+        except Exception:  # the forward needs the head's output in (B, L, V): the plain path from now on
+            state["hook"] = False
+            return full(ids, flat)
+        finally:
+            handle.remove()
+        if logits.dim() == 2 and logits.shape[0] == flat.shape[0]:
+            return logits
+        state["hook"] = False
+        return full(ids, flat)
+
+    return run
+
+
+def _autocast_dtype(autocast: Any) -> Any:
+    """None, or the torch dtype of an ``autocast`` option (bf16 | fp16)."""
+    if autocast is None:
+        return None
+    import torch
+
+    dtype = _parse_dtype(autocast) if not isinstance(autocast, torch.dtype) else autocast
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be bf16 or fp16 (or None for none), got {autocast!r}.")
+    return dtype
+
+
 @contextmanager
 def _eval_mode(*models: Any) -> Iterator[None]:
     """Dropout off while measuring; each module's train/eval flag is restored afterwards."""
@@ -288,7 +354,7 @@ def reference_outputs(
     if top_k not in ("auto", None):
         _resolve_top_k(top_k, 1, 2**62, max_bytes)  # validate early
     dev = _prepare(model, device, dtype)
-    forward = _forward_fn(model)
+    forward = _scored_forward(model)
     n = windows.n_scored
     parts: dict[str, list] = {k: [] for k in ("logp", "index", "rest", "target", "argmax")}
     vocab = _vocab_hint(model)
@@ -298,17 +364,22 @@ def reference_outputs(
         for ids, flat, targets, offset in _progress(
             windows.batches(batch_size, dev), progress, "float reference"
         ):
-            logits = forward(ids)
+            logits = forward(ids, flat)
             if vocab is None or k == "unknown" or logits.shape[-1] != vocab:
                 vocab = int(logits.shape[-1])
                 k = _resolve_top_k(top_k, n, vocab, max_bytes)
-            lp = logits.reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            if k is None and table is None:
+                table = _exact_table(n, vocab, max_bytes, spill_dir)
+            if k is None and table.device == logits.device:  # straight into the table's rows
+                lp = torch.log_softmax(logits.float(), -1, out=table[offset : offset + logits.shape[0]])
+            else:
+                lp = logits.float().log_softmax(-1)
+            del logits
             parts["target"].append(lp.gather(1, targets[:, None]).squeeze(1))
             parts["argmax"].append(lp.argmax(-1))
             if k is None:
-                if table is None:
-                    table = _exact_table(n, vocab, max_bytes, spill_dir)
-                table[offset : offset + lp.shape[0]] = lp.cpu()
+                if lp.device != table.device:
+                    table[offset : offset + lp.shape[0]] = lp.cpu()
                 continue
             vals, idx = lp.topk(k, dim=-1, sorted=True)
             parts["logp"].append(vals)
@@ -366,13 +437,21 @@ def _exact_table(n: int, vocab: int, max_bytes: int, spill_dir: str | None) -> A
 # Evaluation
 
 
-def _kl_from_cache(lq: Any, ref: dict, sl: slice, exact: bool) -> Any:
-    """Per-token KL(p || q) with p from the cache slice and q = log-probs ``lq`` (n, V)."""
+def _kl_from_cache(lq: Any, ref: dict, sl: slice, exact: bool, work: Any = None) -> Any:
+    """Per-token KL(p || q) with p from the cache slice and q = log-probs ``lq`` (n, V).
+
+    Exact: ``sum_v exp(lp) * (lp - lq)``, element by element as written; it overwrites ``lq`` with
+    ``lp - lq`` and uses ``work`` (n, V) for ``exp(lp)`` when given, so a batch allocates nothing of size V.
+    """
     import torch
 
     lp = ref["logp"][sl]
     if exact:
-        return (lp.exp() * (lp - lq)).sum(-1)
+        if lp.device != lq.device:
+            lp = lp.to(lq.device)
+        diff = torch.sub(lp, lq, out=lq)
+        p = torch.exp(lp, out=work) if work is not None else lp.exp()
+        return torch.mul(p, diff, out=p).sum(-1)
     idx = ref["index"][sl]
     head = (lp.exp() * (lp - lq.gather(1, idx))).sum(-1)
     rest_p = ref["rest_logp"][sl]
@@ -390,12 +469,15 @@ def evaluate_windows(
     device: Any = None,
     dtype: Any = None,
     progress: bool | None = None,
+    autocast: Any = None,
 ) -> dict:
     """NLL, ppl, bpb (+ kld, top1_agreement, reference_nll, dnll with ``reference``) on ``windows``.
 
     ``reference`` is a float model (exact KL, run alongside in the same loop) or a
     :class:`ReferenceOutputs` made on these same windows. ``device``/``dtype`` move/cast the model
-    in place first (``model.to``); by default it runs where and as it is.
+    in place first (``model.to``); by default it runs where and as it is. ``autocast="bf16"`` (or fp16)
+    runs ``model``'s forward under ``torch.autocast`` (a float-model reference runs without it), so the KL
+    includes what the lower-precision arithmetic itself adds; the result says ``"autocast"``.
     """
     import torch
 
@@ -403,8 +485,9 @@ def evaluate_windows(
         raise TypeError(f"windows must be an EvalWindows (from get_windows), got {type(windows).__name__}.")
     if windows.n_scored == 0:
         raise ValueError("The windows score no tokens; nothing to evaluate.")
+    cast = _autocast_dtype(autocast)
     dev = _prepare(model, device, dtype)
-    forward = _forward_fn(model)
+    forward = _scored_forward(model, cast)
     ref_cache = ref_forward = None
     ref_dev = dev
     if isinstance(reference, ReferenceOutputs):
@@ -420,26 +503,33 @@ def evaluate_windows(
             raise TypeError(
                 f"reference must be a float model or a ReferenceOutputs, got {type(reference).__name__}."
             )
-        ref_forward = _forward_fn(reference)
+        ref_forward = _scored_forward(reference)
         ref_dev = _model_device(reference)
 
     with torch.inference_mode(), _eval_mode(model, reference):
         acc = torch.zeros(4, dtype=torch.float64, device=dev)  # nll, kl, top1, ref_nll sums
+        # (n, V) buffers reused by every batch: the log-probs, and exp of the reference's for the exact KL
+        lq_buf = work = None
         for ids, flat, targets, offset in _progress(windows.batches(batch_size, dev), progress, "evaluate"):
-            logits = forward(ids)
-            vocab = logits.shape[-1]
-            lq = logits.reshape(-1, vocab).index_select(0, flat).float().log_softmax(-1)
+            logits = forward(ids, flat)
+            n_rows, vocab = logits.shape
+            if lq_buf is None or lq_buf.shape[0] < n_rows or lq_buf.shape[1] != vocab:
+                lq_buf = torch.empty((n_rows, vocab), dtype=torch.float32, device=logits.device)
+            lq = torch.log_softmax(logits.float(), -1, out=lq_buf[:n_rows])
+            del logits
             acc[0] -= lq.gather(1, targets[:, None]).sum(dtype=torch.float64)
             if ref_cache is not None:
                 if reference.vocab_size != vocab:
                     raise ValueError(f"reference vocab {reference.vocab_size} != model vocab {vocab}.")
                 sl = slice(offset, offset + targets.shape[0])
-                acc[1] += _kl_from_cache(lq, ref_cache, sl, reference.exact).sum(dtype=torch.float64)
                 acc[2] += (lq.argmax(-1) == ref_cache["argmax"][sl]).sum()
                 acc[3] -= ref_cache["target_logp"][sl].sum(dtype=torch.float64)
+                if reference.exact and (work is None or work.shape != lq_buf.shape):
+                    work = torch.empty_like(lq_buf)
+                w = work[:n_rows] if reference.exact else None
+                acc[1] += _kl_from_cache(lq, ref_cache, sl, reference.exact, w).sum(dtype=torch.float64)
             elif ref_forward is not None:
-                rlogits = ref_forward(ids.to(ref_dev))
-                lp = rlogits.reshape(-1, vocab).index_select(0, flat.to(ref_dev)).float()
+                lp = ref_forward(ids.to(ref_dev), flat.to(ref_dev)).float()
                 lp = lp.log_softmax(-1).to(dev)
                 acc[1] += (lp.exp() * (lp - lq)).sum(dtype=torch.float64)
                 acc[2] += (lq.argmax(-1) == lp.argmax(-1)).sum()
@@ -457,6 +547,8 @@ def evaluate_windows(
         else None,
         "device": str(dev),
     }
+    if cast is not None:
+        result["autocast"] = str(cast).replace("torch.", "")
     if reference is not None:
         ref_nll = ref_nll_sum / n
         result.update(
@@ -494,6 +586,7 @@ def evaluate(
     *,
     stride: int | None = None,
     add_bos: bool | None = None,
+    autocast: Any = None,
 ) -> dict:
     """Evaluate a causal LM on a corpus split under a named protocol; returns a flat dict.
 
@@ -519,4 +612,5 @@ def evaluate(
         device=device,
         dtype=dtype,
         progress=progress,
+        autocast=autocast,
     )

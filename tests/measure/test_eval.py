@@ -247,6 +247,65 @@ def test_plain_module_bigram_nll_by_hand(tok, docs):
     assert evaluate_windows(m, w)["nll"] == pytest.approx(nll, rel=1e-6)
 
 
+def test_rolling_kl_on_scored_rows_matches_float64_and_the_head_sees_only_them(model, perturbed, tok, docs):
+    # rolling windows score a different subset of positions per window: the head must get exactly those rows
+    w = windows_from_documents(tok, docs, "rolling", 24, stride=7)
+    mask = w.score_mask[:, 1:]
+    lp = _f64_logprobs(model, w.input_ids)[:, :-1][mask]
+    lq = _f64_logprobs(perturbed, w.input_ids)[:, :-1][mask]
+    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    rows: list[int] = []
+    handle = perturbed.get_output_embeddings().register_forward_hook(
+        lambda _m, _a, out: rows.append(out.reshape(-1, out.shape[-1]).shape[0])
+    )
+    try:
+        ref = reference_outputs(model, w, top_k=None, batch_size=3)
+        r = evaluate_windows(perturbed, w, reference=ref, batch_size=3)
+    finally:
+        handle.remove()
+    assert sum(rows) == w.n_scored < w.n_windows * 24  # the head ran on the scored rows only
+    assert r["kld"] == pytest.approx(kl, rel=1e-4) and kl > 1e-3
+    paired = evaluate_windows(perturbed, w, reference=model, batch_size=3)
+    assert paired["kld"] == pytest.approx(kl, rel=1e-4)
+
+
+class ReshapingHead(torch.nn.Module):
+    """An LM whose forward needs the head's output as (B, L, V): scoring falls back to the full logits."""
+
+    def __init__(self, inner: GPT2LMHeadModel) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.inner.lm_head
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.inner.transformer(input_ids=input_ids).last_hidden_state
+        logits = self.inner.lm_head(h)
+        return logits.view(input_ids.shape[0], input_ids.shape[1], -1)
+
+
+def test_a_forward_that_reshapes_the_head_output_gets_the_full_logits(model, perturbed, tok, docs):
+    w = windows_from_documents(tok, docs, "rolling", 24, stride=7)
+    ref = reference_outputs(model, w, top_k=None, batch_size=4)
+    direct = evaluate_windows(perturbed, w, reference=ref, batch_size=4)
+    wrapped = evaluate_windows(ReshapingHead(perturbed), w, reference=ref, batch_size=4)
+    assert wrapped["nll"] == pytest.approx(direct["nll"], rel=1e-5)
+    assert wrapped["kld"] == pytest.approx(direct["kld"], rel=1e-4)
+
+
+def test_bf16_autocast_adds_a_small_kl_against_the_fp32_reference(model, tok, docs):
+    w = windows_from_documents(tok, docs, "stride", 32)
+    ref = reference_outputs(model, w, top_k=None, batch_size=4)
+    r = evaluate_windows(model, w, reference=ref, batch_size=4, autocast="bf16")
+    assert r["autocast"] == "bfloat16" and next(model.parameters()).dtype == torch.float32
+    # bf16 keeps 8 significant bits: logits move by ~1e-2 relative, so KL is small but not zero
+    assert 1e-7 < r["kld"] < 1e-2 and r["nll"] == pytest.approx(ref.nll, rel=2e-2)
+    assert "autocast" not in evaluate_windows(model, w, reference=ref, batch_size=4)
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        evaluate_windows(model, w, autocast="fp64")
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
