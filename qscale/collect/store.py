@@ -565,6 +565,7 @@ FRAME_COLUMNS = (
     "train_tokens",
     "format",
     "method",
+    "eval_corpus",
     "bits_per_element",
     "element_bits",
     "fmt_family",
@@ -600,6 +601,7 @@ def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
         "train_tokens": _num(facts.get("train_tokens")),
         "format": row["format"],
         "method": row["method"],
+        "eval_corpus": (config.get("eval") or {}).get("corpus"),
         "bits_per_element": _num(finfo.get("bits_per_element")),
         "element_bits": _num(finfo.get("element_bits")),
         "fmt_family": finfo.get("family"),
@@ -623,7 +625,7 @@ def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
     for k in ("corpus", "n_samples", "seq_len", "seed"):
         out[f"calib_{k}"] = calib.get(k)
     ev = config.get("eval") or {}
-    for k in ("corpus", "split", "protocol", "seq_len", "max_tokens"):
+    for k in ("split", "protocol", "seq_len", "max_tokens"):  # eval_corpus is a core column
         out[f"eval_{k}"] = ev.get(k)
     for k, v in (row.get("timings") or {}).items():
         out[f"time_{k}"] = _num(v)

@@ -683,7 +683,7 @@ def panel_rows(store: str | Path | None = None) -> pd.DataFrame:
             "spec_how": "exact (measured here)",
             "weight_only": True,
             "ptq": True,
-            "eval_dataset": "qscale panel corpus (exact KL)",
+            "eval_dataset": f"qscale panel: {r.eval_corpus} test (exact KL)",
             "context_len": "",
             "notes": "measured by qscale (data/runs_panel.sqlite)",
             "degenerate": entry is not None and str(r.format) in entry.degenerate,

@@ -337,6 +337,8 @@ def default_profile_dir() -> Path:
 #: prediction at 1.0-2.4x the measured KL of 512-token windows, rows of 512 at 0.4-0.8x (bench/profile.md).
 CALIBRATION_ROW = 512
 CALIBRATION_TOKENS = 2048
+#: The default calibration corpus (its train split); the profile law is calibrated on KL measured on its test split.
+CALIBRATION_CORPUS = "enwiki_gensim"
 
 
 def default_calibration(lm: Any) -> dict[str, Any]:
@@ -347,7 +349,7 @@ def default_calibration(lm: Any) -> dict[str, Any]:
     )
     seq_len = int(min(CALIBRATION_ROW, ctx))
     return {
-        "corpus": "enwiki_gensim",
+        "corpus": CALIBRATION_CORPUS,
         "n_samples": CALIBRATION_TOKENS // seq_len,
         "seq_len": seq_len,
         "seed": 0,
@@ -410,6 +412,7 @@ def cached_profile(
 
 
 __all__ = [
+    "CALIBRATION_CORPUS",
     "CALIBRATION_ROW",
     "CALIBRATION_TOKENS",
     "ESTIMATORS",

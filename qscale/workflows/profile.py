@@ -350,12 +350,17 @@ def rank_profile(
 # ------------------------------------------------------------------------------------------------------
 # Validation: the calibration data, leave-one-model-out scores, the shipped calibration
 # ------------------------------------------------------------------------------------------------------
-def measured_runs(stores: Sequence[str | Path], method: str = "rtn") -> Any:
-    """Every ok run of ``method`` in the stores: model, format, kld, dnll, timings (one row per model x format,
-    the first eval setting of each model)."""
+def measured_runs(stores: Sequence[str | Path], method: str = "rtn", corpus: str | None = None) -> Any:
+    """Every ok run of ``method`` in the stores: model, format, kld, dnll, timings (one row per model x format).
+
+    Of a model's eval corpora, ``corpus`` is used where the model has runs on it (default: the profile's own
+    calibration corpus, whose test split the law is calibrated on), else the model's first."""
     import pandas as pd
 
     from qscale.collect.store import RunStore
+    from qscale.measure.sensitivity import CALIBRATION_CORPUS
+
+    corpus = CALIBRATION_CORPUS if corpus is None else corpus
 
     frames = []
     for s in stores:
@@ -366,8 +371,10 @@ def measured_runs(stores: Sequence[str | Path], method: str = "rtn") -> Any:
     df = pd.concat(frames, ignore_index=True)
     df = df[df["method"] == method]
     if "eval_corpus" in df.columns:
-        first = df.groupby("model")["eval_corpus"].transform(lambda c: c.iloc[0])
-        df = df[df["eval_corpus"] == first]
+        chosen = df.groupby("model")["eval_corpus"].transform(
+            lambda c: corpus if (c == corpus).any() else c.iloc[0]
+        )
+        df = df[df["eval_corpus"] == chosen]
     return df.drop_duplicates(["model", "format"], keep="first")
 
 

@@ -140,6 +140,7 @@ def test_to_frame_flattens_to_the_documented_columns(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
         st.put(_row("k1"))
         st.put(_row("k2", "error", error="oops", metrics={}, features={}))
+        st.put(_row("k3", config={"format": "int4-g32", "eval": {"corpus": "austen", "split": "test"}}))
         frame = st.to_frame()
         detail = st.to_frame(detail=True)
         ok = st.to_frame("ok")
@@ -155,7 +156,11 @@ def test_to_frame_flattens_to_the_documented_columns(tmp_path):
     # the detail frame adds bookkeeping and secondary outcomes, kept out of the default (law) frame
     assert {"error", "time_eval_s", "eval_protocol", "dbpb"} <= set(detail.columns)
     assert not {"error", "time_eval_s", "dbpb"} & set(frame.columns)
-    assert list(ok["run_key"]) == ["k1"]
+    assert list(ok["run_key"]) == ["k1", "k3"]
+    # the corpus a run was measured on is a core column: one (model, format, method) may have a run per corpus
+    corpus = frame.set_index("run_key")["eval_corpus"]
+    assert corpus.loc["k3"] == "austen" and corpus.isna().loc["k1"]  # k1's config has no eval record
+    assert list(detail.columns).count("eval_corpus") == 1
 
 
 def test_a_missing_sqnr_db_stays_missing_not_the_methods_sqnr(tmp_path):

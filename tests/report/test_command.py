@@ -71,9 +71,13 @@ def test_readme_report_command_rebuilds_committed_sections(tmp_path):
 
 
 def _panel_rtn_export() -> pd.DataFrame:
-    """The finished RTN runs of the committed flat export of the panel store (an independent reference)."""
+    """The finished RTN runs on enwiki (the profile law's corpus) of the committed flat export of the panel store
+    (an independent reference)."""
     export = pd.read_parquet(ROOT / "data" / "runs" / "panel_rtn.parquet")
-    return export[(export["status"] == "ok") & (export["method"] == "rtn")]
+    keep = (
+        (export["status"] == "ok") & (export["method"] == "rtn") & (export["eval_corpus"] == "enwiki_gensim")
+    )
+    return export[keep]
 
 
 def test_panel_predictions_are_cached_raw_through_shipped_calibration():
