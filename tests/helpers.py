@@ -1,7 +1,8 @@
-"""Small shared test helpers (not fixtures): a byte-level BPE trained in a second on a few documents."""
+"""Small shared test helpers (not fixtures): a byte-level BPE trained in a second on a few documents, a run-store row."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 EOT = "<|endoftext|>"
@@ -68,3 +69,38 @@ def tiny_lm(family: str, seed: int = 0):
     else:
         raise ValueError(f"unknown family {family!r}; valid: llama, gpt2, opt, neox, qwen2, gemma")
     return model.eval()
+
+
+def store_row(key: str, status: str = "ok", **extra) -> dict:
+    """One run-store row (``RunStore.put``) of a fictional zoo run; ``extra`` replaces top-level fields."""
+    row = {
+        "run_key": key,
+        "status": status,
+        "model": "zoo:m",
+        "model_ref": "zoo:m",
+        "model_identity": "id-1",
+        "format": "int4-g32",
+        "method": "rtn",
+        "config": {"format": "int4-g32", "k": key},
+        "facts": {
+            "family": "llama",
+            "n_params": 1000,
+            "n_nonembed": 600,
+            "train_tokens": None,
+            "n_layers": 2,
+        },
+        "format_info": {"bits_per_element": 4.5, "element_bits": 4, "family": "int"},
+        "metrics": {
+            "float_nll": 3.0,
+            "nll": 3.25,
+            "dnll": 0.25,
+            "ppl": math.exp(3.25),
+            "kld": 0.1,
+            "top1": 0.9,
+        },
+        "features": {"sqnr_db": 19.5, "weight_stats_kurtosis_max": 1.5},
+        "timings": {"eval_s": 0.5},
+        "provenance": {"qscale_version": "0.1.0"},
+    }
+    row.update(extra)
+    return row

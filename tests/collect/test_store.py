@@ -10,48 +10,15 @@ import pandas as pd
 import pytest
 
 from qscale.collect.store import FRAME_COLUMNS, MIGRATIONS, SCHEMA_VERSION, RunStore, StoreError
-
-
-def _row(key: str, status: str = "ok", **extra):
-    row = {
-        "run_key": key,
-        "status": status,
-        "model": "zoo:m",
-        "model_ref": "zoo:m",
-        "model_identity": "id-1",
-        "format": "int4-g32",
-        "method": "rtn",
-        "config": {"format": "int4-g32", "k": key},
-        "facts": {
-            "family": "llama",
-            "n_params": 1000,
-            "n_nonembed": 600,
-            "train_tokens": None,
-            "n_layers": 2,
-        },
-        "format_info": {"bits_per_element": 4.5, "element_bits": 4, "family": "int"},
-        "metrics": {
-            "float_nll": 3.0,
-            "nll": 3.25,
-            "dnll": 0.25,
-            "ppl": math.exp(3.25),
-            "kld": 0.1,
-            "top1": 0.9,
-        },
-        "features": {"sqnr_db": 19.5, "weight_stats_kurtosis_max": 1.5},
-        "timings": {"eval_s": 0.5},
-        "provenance": {"qscale_version": "0.1.0"},
-    }
-    row.update(extra)
-    return row
+from tests.helpers import store_row
 
 
 def test_put_is_an_upsert_that_never_loses_a_finished_run(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
-        assert st.put(_row("aaaa0001", "error", error="boom", metrics={}))
+        assert st.put(store_row("aaaa0001", "error", error="boom", metrics={}))
         assert st.status_of(["aaaa0001", "bbbb"]) == {"aaaa0001": "error"}
-        assert st.put(_row("aaaa0001", "ok"))  # a retry that succeeds replaces the error
-        assert not st.put(_row("aaaa0001", "error", error="later failure"))  # ok is never replaced
+        assert st.put(store_row("aaaa0001", "ok"))  # a retry that succeeds replaces the error
+        assert not st.put(store_row("aaaa0001", "error", error="later failure"))  # ok is never replaced
         row = st.get("aaaa0001")
         assert row["status"] == "ok" and row["error"] is None and row["attempts"] == 2
         assert row["metrics"]["dnll"] == 0.25
@@ -61,10 +28,10 @@ def test_put_is_an_upsert_that_never_loses_a_finished_run(tmp_path):
 def test_bad_rows_are_rejected_with_the_field_named(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
         with pytest.raises(StoreError, match="status must be one of"):
-            st.put(_row("k1", "done"))
+            st.put(store_row("k1", "done"))
         with pytest.raises(StoreError, match="unknown field"):
-            st.put(_row("k1", nll=3.0))
-        bad = _row("k1")
+            st.put(store_row("k1", nll=3.0))
+        bad = store_row("k1")
         del bad["config"]
         with pytest.raises(StoreError, match="config"):
             st.put(bad)
@@ -72,8 +39,8 @@ def test_bad_rows_are_rejected_with_the_field_named(tmp_path):
 
 def test_get_by_unique_prefix(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
-        st.put(_row("abcd1111"))
-        st.put(_row("abcd2222"))
+        st.put(store_row("abcd1111"))
+        st.put(store_row("abcd2222"))
         assert st.get("abcd1")["run_key"] == "abcd1111"
         with pytest.raises(StoreError, match="ambiguous"):
             st.get("abcd")
@@ -130,7 +97,7 @@ def test_newer_or_foreign_files_are_refused(tmp_path):
 
 def test_wal_mode(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
-        st.put(_row("k1"))
+        st.put(store_row("k1"))
     conn = sqlite3.connect(tmp_path / "r.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -138,9 +105,9 @@ def test_wal_mode(tmp_path):
 
 def test_to_frame_flattens_to_the_documented_columns(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
-        st.put(_row("k1"))
-        st.put(_row("k2", "error", error="oops", metrics={}, features={}))
-        st.put(_row("k3", config={"format": "int4-g32", "eval": {"corpus": "austen", "split": "test"}}))
+        st.put(store_row("k1"))
+        st.put(store_row("k2", "error", error="oops", metrics={}, features={}))
+        st.put(store_row("k3", config={"format": "int4-g32", "eval": {"corpus": "austen", "split": "test"}}))
         frame = st.to_frame()
         detail = st.to_frame(detail=True)
         ok = st.to_frame("ok")
@@ -167,9 +134,9 @@ def test_a_missing_sqnr_db_stays_missing_not_the_methods_sqnr(tmp_path):
     """A law fitted on float-weight SQNR must not predict from the SQNR of GPTQ's weights: a run that did not
     measure the ``sqnr_db`` feature has NaN there, and ``method_sqnr_db`` stays a column of its own."""
     with RunStore(tmp_path / "r.sqlite") as st:
-        st.put(_row("k1"))  # measured sqnr_db = 19.5
-        gptq = {**_row("k2")["metrics"], "method_sqnr_db": 23.0}
-        st.put(_row("k2", method="gptq", metrics=gptq, features={"weight_stats_kurtosis_max": 1.5}))
+        st.put(store_row("k1"))  # measured sqnr_db = 19.5
+        gptq = {**store_row("k2")["metrics"], "method_sqnr_db": 23.0}
+        st.put(store_row("k2", method="gptq", metrics=gptq, features={"weight_stats_kurtosis_max": 1.5}))
         frame = st.to_frame().set_index("run_key")
         detail = st.to_frame(detail=True).set_index("run_key")
     assert frame.loc["k1", "sqnr_db"] == 19.5
@@ -177,7 +144,7 @@ def test_a_missing_sqnr_db_stays_missing_not_the_methods_sqnr(tmp_path):
     assert "method_sqnr_db" not in frame.columns
     assert detail.loc["k2", "method_sqnr_db"] == 23.0 and math.isnan(detail.loc["k2", "sqnr_db"])
     with RunStore(tmp_path / "only.sqlite") as st:
-        st.put(_row("k3", metrics=gptq, features={}))
+        st.put(store_row("k3", metrics=gptq, features={}))
         only = st.to_frame()
     assert "sqnr_db" not in only.columns  # no run measured it: no column, and nothing filled in
 
@@ -186,8 +153,8 @@ def test_empty_store_frame_and_export_round_trip(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
         empty = st.to_frame()
         assert list(empty.columns) == [*FRAME_COLUMNS, "status", "run_key"] and len(empty) == 0
-        st.put(_row("k1"))
-        st.put(_row("k2", metrics={"float_nll": 3.0, "nll": 3.5, "dnll": 0.5}))
+        st.put(store_row("k1"))
+        st.put(store_row("k2", metrics={"float_nll": 3.0, "nll": 3.5, "dnll": 0.5}))
         pq = st.export(tmp_path / "runs.parquet")
         csv = st.export(tmp_path / "out.txt", "csv")
         with pytest.raises(StoreError, match="valid: parquet, csv"):
@@ -201,11 +168,11 @@ def test_empty_store_frame_and_export_round_trip(tmp_path):
 
 def test_runs_of_a_superseded_model_identity_leave_the_frame(tmp_path):
     with RunStore(tmp_path / "r.sqlite") as st:
-        st.put(_row("old1", model_identity="zoo:m@aaaa/0"))
-        st.put(_row("old2", model_identity="zoo:m@aaaa/0", format="int8-pc"))
-        st.put(_row("other", model_ref="zoo:n", model="zoo:n", model_identity="zoo:n@cccc/0"))
+        st.put(store_row("old1", model_identity="zoo:m@aaaa/0"))
+        st.put(store_row("old2", model_identity="zoo:m@aaaa/0", format="int8-pc"))
+        st.put(store_row("other", model_ref="zoo:n", model="zoo:n", model_identity="zoo:n@cccc/0"))
         assert sorted(st.to_frame()["run_key"]) == ["old1", "old2", "other"]
-        st.put(_row("new1", model_identity="zoo:m@bbbb/0"))  # the model was retrained
+        st.put(store_row("new1", model_identity="zoo:m@bbbb/0"))  # the model was retrained
         assert sorted(st.to_frame()["run_key"]) == ["new1", "other"]
         assert sorted(st.to_frame(superseded=True)["run_key"]) == ["new1", "old1", "old2", "other"]
         assert len(st) == 4  # nothing is deleted

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from qscale.collect.store import RunStore
 from qscale.workflows.profile import measured_runs
+from tests.helpers import store_row
 
 
 def _run(key: str, model: str, fmt: str, corpus: str, kld: float, method: str = "rtn") -> dict:
-    return {
-        "run_key": key,
-        "status": "ok",
-        "model": model,
-        "model_ref": model,
-        "model_identity": f"id-{model}",
-        "format": fmt,
-        "method": method,
-        "config": {"format": fmt, "eval": {"corpus": corpus, "split": "test"}},
-        "facts": {"family": "llama", "n_params": 1000, "n_nonembed": 600},
-        "metrics": {"nll": 3.0, "float_nll": 2.9, "kld": kld},
-        "features": {},
-    }
+    return store_row(
+        key,
+        model=model,
+        model_ref=model,
+        model_identity=f"id-{model}",
+        format=fmt,
+        method=method,
+        config={"format": fmt, "eval": {"corpus": corpus, "split": "test"}},
+        metrics={"nll": 3.0, "float_nll": 2.9, "kld": kld},
+    )
 
 
 def test_measured_runs_prefer_the_profile_corpus_then_the_first(tmp_path):
