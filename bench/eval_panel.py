@@ -87,7 +87,6 @@ def main() -> None:
         "kld_self": r["kld"],
         "exact": ref.exact,
         "reference_table_bytes": ref.nbytes,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
     }
@@ -132,11 +131,7 @@ def write_table() -> None:
             if "bf16_eval_tok_s" in r
             else "not measured | not measured"
         )
-        fmt = (
-            f"{r['format']}: {r['format_quantize_s']:.1f} + {r['format_eval_s']:.1f} s (KL {r['format_kld']:.3f})"
-            if "format" in r
-            else "not measured"
-        )
+        fmt = f"{r['format']}: {r['format_quantize_s']:.1f} + {r['format_eval_s']:.1f} s (KL {r['format_kld']:.3f})"
         rows.append(
             f"| {r['model']} | {r['vocab']:,} | {r['n_scored']:,} | {r['plain_tok_s']:.0f} | "
             f"{r['reference_tok_s']:.0f} | {r['eval_tok_s']:.0f} | **{r['eval_vs_plain']:.2f}x** | {bf} | "

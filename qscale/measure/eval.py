@@ -370,16 +370,19 @@ def reference_outputs(
                 k = _resolve_top_k(top_k, n, vocab, max_bytes)
             if k is None and table is None:
                 table = _exact_table(n, vocab, max_bytes, spill_dir)
-            if k is None and table.device == logits.device:  # straight into the table's rows
-                lp = torch.log_softmax(logits.float(), -1, out=table[offset : offset + logits.shape[0]])
-            else:
-                lp = logits.float().log_softmax(-1)
+            rows = slice(offset, offset + logits.shape[0])
+            direct = k is None and table.device == logits.device  # straight into the table's rows
+            lp = (
+                torch.log_softmax(logits.float(), -1, out=table[rows])
+                if direct
+                else logits.float().log_softmax(-1)
+            )
             del logits
             parts["target"].append(lp.gather(1, targets[:, None]).squeeze(1))
             parts["argmax"].append(lp.argmax(-1))
             if k is None:
-                if lp.device != table.device:
-                    table[offset : offset + lp.shape[0]] = lp.cpu()
+                if not direct:
+                    table[rows] = lp.cpu()
                 continue
             vals, idx = lp.topk(k, dim=-1, sorted=True)
             parts["logp"].append(vals)
@@ -447,8 +450,6 @@ def _kl_from_cache(lq: Any, ref: dict, sl: slice, exact: bool, work: Any = None)
 
     lp = ref["logp"][sl]
     if exact:
-        if lp.device != lq.device:
-            lp = lp.to(lq.device)
         diff = torch.sub(lp, lq, out=lq)
         p = torch.exp(lp, out=work) if work is not None else lp.exp()
         return torch.mul(p, diff, out=p).sum(-1)

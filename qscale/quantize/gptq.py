@@ -384,7 +384,6 @@ def _collect_hessians(
     finally:
         for h in handles:
             h.remove()
-    first_input.clear()
     groups: list[list[LinearRef]] = []
     for name in order:
         g = group_of[name]

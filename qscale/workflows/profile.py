@@ -370,11 +370,10 @@ def measured_runs(stores: Sequence[str | Path], method: str = "rtn", corpus: str
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     df = df[df["method"] == method]
-    if "eval_corpus" in df.columns:
-        chosen = df.groupby("model")["eval_corpus"].transform(
-            lambda c: corpus if (c == corpus).any() else c.iloc[0]
-        )
-        df = df[df["eval_corpus"] == chosen]
+    chosen = df.groupby("model")["eval_corpus"].transform(
+        lambda c: corpus if (c == corpus).any() else c.iloc[0]
+    )
+    df = df[df["eval_corpus"] == chosen]
     return df.drop_duplicates(["model", "format"], keep="first")
 
 
