@@ -48,6 +48,8 @@ class ProfileCalibration:
     alpha: float = 0.1
     fit_range: tuple[float, float] = FIT_RANGE
     form: str = "line"  # "identity" (a=0, b=1), "offset" (b=1), "line" (a and b)
+    #: True: the line reads raw x the profile's noise-probe factor (the model's own measured level), not raw
+    probe: bool = False
     a_: float = float("nan")
     b_: float = float("nan")
     q_: float = float("nan")  # conformal half-width in ln units at level 1 - alpha
@@ -58,14 +60,31 @@ class ProfileCalibration:
     lomo_: bool = True  # False: fitted on one model, interval from in-sample residuals
 
     def _rows(self, df: pd.DataFrame) -> pd.DataFrame:
-        need = {"model", "raw", self.target}
+        need = {"model", "raw", self.target} | ({"probe_factor"} if self.probe else set())
         missing = need - set(df.columns)
         if missing:
             raise LawError(f"calibration data lacks columns {sorted(missing)}; has {sorted(df.columns)}")
         lo, hi = self.fit_range
         d = df[(df[self.target] >= lo) & (df[self.target] <= hi) & (df["raw"] > 0)]
         d = d[np.isfinite(d["raw"]) & np.isfinite(d[self.target])]
+        if self.probe:
+            d = d[np.isfinite(d["probe_factor"]) & (d["probe_factor"] > 0)]
         return d
+
+    def predictor(self, raw: Any, probe_factor: Any = None) -> np.ndarray:
+        """What the line reads: ``raw``, or ``raw * probe_factor`` for a ``probe`` calibration."""
+        r = np.asarray(raw, dtype=float)
+        if not self.probe:
+            return r
+        if probe_factor is None:
+            raise LawError(
+                "this calibration reads the profile's noise probe (probe=True) and none was given; "
+                "recompute the profile with its probe (qscale profile compute MODEL)"
+            )
+        return r * np.asarray(probe_factor, dtype=float)
+
+    def _x(self, d: pd.DataFrame) -> np.ndarray:
+        return np.log(self.predictor(d["raw"], d["probe_factor"] if self.probe else None))
 
     def _line(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         if self.form not in FORMS:
@@ -87,7 +106,7 @@ class ProfileCalibration:
         """Fit on ``df`` (columns model, raw, target). With one model only, the interval comes from its in-sample
         residuals (``lomo_`` False): there is no other model to hold out."""
         d = self._rows(df)
-        x, y = np.log(d["raw"].to_numpy(float)), np.log(d[self.target].to_numpy(float))
+        x, y = self._x(d), np.log(d[self.target].to_numpy(float))
         self.a_, self.b_ = self._line(x, y)
         models = sorted(d["model"].unique())
         resid: list[float] = []
@@ -98,27 +117,29 @@ class ProfileCalibration:
             self.lomo_ = True
             for m in models:
                 tr, te = d[d["model"] != m], d[d["model"] == m]
-                a, b = self._line(np.log(tr["raw"].to_numpy(float)), np.log(tr[self.target].to_numpy(float)))
-                pred = a + b * np.log(te["raw"].to_numpy(float))
+                a, b = self._line(self._x(tr), np.log(tr[self.target].to_numpy(float)))
+                pred = a + b * self._x(te)
                 resid.extend(np.abs(np.log(te[self.target].to_numpy(float)) - pred).tolist())
         self.lomo_abs_resid_ = [float(r) for r in resid]
         self.q_ = _conformal_q(np.asarray(resid), self.alpha)
         self.models_ = [str(m) for m in models]
         self.n_runs_ = int(len(d))
-        self.raw_range_ = (float(d["raw"].min()), float(d["raw"].max()))
+        x = np.exp(self._x(d))
+        self.raw_range_ = (float(x.min()), float(x.max()))
         return self
 
-    def predict(self, raw: float | Sequence[float] | np.ndarray) -> np.ndarray:
+    def predict(self, raw: float | Sequence[float] | np.ndarray, probe_factor: Any = None) -> np.ndarray:
+        """Calibrated value of a raw prediction (times ``probe_factor`` for a ``probe`` calibration)."""
         if not math.isfinite(self.a_):
             raise LawError("the calibration is not fitted")
-        r = np.asarray(raw, dtype=float)
+        r = self.predictor(raw, probe_factor)
         with np.errstate(divide="ignore"):
             return np.exp(self.a_ + self.b_ * np.log(np.clip(r, 1e-300, None)))
 
     def interval(
-        self, raw: float | Sequence[float] | np.ndarray
+        self, raw: float | Sequence[float] | np.ndarray, probe_factor: Any = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        v = self.predict(raw)
+        v = self.predict(raw, probe_factor)
         return v, v * math.exp(-self.q_), v * math.exp(self.q_)
 
     # --- artifact ---------------------------------------------------------------------------------------
@@ -155,6 +176,7 @@ def lomo_scores(
     fit_range=FIT_RANGE,
     score_range: tuple[float, float] = (1e-3, 3.0),
     form: str = "line",
+    probe: bool = False,
 ) -> pd.DataFrame:
     """Per held-out model: the line fitted on the other models, scored on this model's runs with measured
     ``target`` in ``score_range``: Spearman, median |ln(pred/meas)|, coverage and median hi/lo of the interval
@@ -166,7 +188,9 @@ def lomo_scores(
     for m in models:
         train = df[df["model"] != m]
         try:
-            cal = ProfileCalibration(target=target, alpha=alpha, fit_range=fit_range, form=form).fit(train)
+            cal = ProfileCalibration(
+                target=target, alpha=alpha, fit_range=fit_range, form=form, probe=probe
+            ).fit(train)
         except LawError as err:
             rows.append({"model": m, "error": str(err)})
             continue
@@ -174,13 +198,16 @@ def lomo_scores(
         te = te[te["raw"] > 0]
         if te.empty:
             continue
-        v, lo, hi = cal.interval(te["raw"].to_numpy(float))
+        v, lo, hi = cal.interval(
+            te["raw"].to_numpy(float), te["probe_factor"].to_numpy(float) if probe else None
+        )
         meas = te[target].to_numpy(float)
         ratio = np.log(v / meas)
         rows.append(
             {
                 "model": m,
                 "form": form,
+                "probe": probe,
                 "n": int(len(te)),
                 "spearman": float(spearmanr(te["raw"], meas).statistic) if len(te) > 2 else float("nan"),
                 "median_abs_ln_ratio": float(np.median(np.abs(ratio))),

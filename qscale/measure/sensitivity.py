@@ -87,6 +87,13 @@ class SensitivityProfile:
     seconds: float
     passes: dict[str, int]
     layers: dict[str, LayerProfile] = field(default_factory=dict)
+    #: the noise probe's measured level (:func:`qscale.measure.probe.noise_probe`, with its ``settings``), or None
+    probe: dict[str, Any] | None = None
+
+    @property
+    def probe_factor(self) -> float | None:
+        """Measured / raw KL of the noise probe (the model's own level), or None without a probe."""
+        return None if self.probe is None else float(self.probe["factor"])
 
     # --- prediction -----------------------------------------------------------------------------------
     def layer_terms(
@@ -138,6 +145,7 @@ class SensitivityProfile:
             "settings": self.settings,
             "seconds": self.seconds,
             "passes": self.passes,
+            "probe": self.probe,
             "layers": {
                 n: {"shape": list(lp.shape), "total": lp.total, "rank1_fit": lp.rank1_fit}
                 for n, lp in self.layers.items()
@@ -200,6 +208,7 @@ class SensitivityProfile:
             seconds=float(meta["seconds"]),
             passes=meta["passes"],
             layers=layers,
+            probe=meta.get("probe"),
         )
 
 
@@ -383,10 +392,14 @@ def cached_profile(
     cache_dir: str | Path | None = None,
     recompute: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    probe: bool = True,
 ) -> tuple[SensitivityProfile, Path, bool]:
     """The model's profile from the cache (keyed by weights identity + settings), computed and saved if absent.
 
-    Returns ``(profile, path, computed)``.
+    With ``probe`` (default) the profile carries the noise probe's measured level (:mod:`qscale.measure.probe`,
+    default settings): a cached profile without it, or with a probe of other settings, gets one measured and is
+    saved again (the Fisher diagonal itself is not recomputed). Returns ``(profile, path, computed)``; ``computed``
+    is True when the Fisher pass or the probe ran.
     """
     from qscale.corpora import calibration_batch
 
@@ -394,21 +407,33 @@ def cached_profile(
         lm, calibration=calibration, estimator=estimator, label_draws=label_draws, cache_dir=cache_dir
     )
     cal = settings["calibration"]
+    prof = None
+    computed = False
     if path.is_file() and not recompute:
         prof = SensitivityProfile.load(path)
-        if prof.identity == lm.facts.identity:
-            return prof, path, False
-    calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
-    prof = compute_profile(
-        lm,
-        calib,
-        estimator=estimator,
-        label_draws=label_draws,
-        settings={"calibration": cal},
-        progress=progress,
-    )
-    prof.save(path)
-    return prof, path, True
+        if prof.identity != lm.facts.identity:
+            prof = None
+    if prof is None:
+        calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+        prof = compute_profile(
+            lm,
+            calib,
+            estimator=estimator,
+            label_draws=label_draws,
+            settings={"calibration": cal},
+            progress=progress,
+        )
+        computed = True
+    if probe:
+        from qscale.measure.probe import default_probe_settings, measure_probe
+
+        want = default_probe_settings(lm)
+        if prof.probe is None or prof.probe.get("settings") != want:
+            prof.probe = measure_probe(lm, prof, want)
+            computed = True
+    if computed:
+        prof.save(path)
+    return prof, path, computed
 
 
 __all__ = [

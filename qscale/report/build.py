@@ -319,7 +319,11 @@ def panel_predictions(
             )
         for _, r in g[~g["format"].isin(missing)].iterrows():
             raw = float(entry["raw"][r["format"]])
-            v, lo, hi = (float(x) for x in cal.interval(raw))
+            factor = (entry.get("probe") or {}).get("factor")
+            if cal.probe and factor is None:
+                notes.append(f"{model}: left out, its cached raw predictions carry no noise probe")
+                break
+            v, lo, hi = (float(x) for x in cal.interval(raw, factor))
             rows.append(
                 {
                     "model": model,
@@ -332,7 +336,8 @@ def panel_predictions(
                     "lo": lo,
                     "hi": hi,
                     "calibration": f"`{shown(calibration_path(calibration_name('kld', pop), models_dir))}`: "
-                    f"form {cal.form}, fitted on {', '.join(cal.models_)}",
+                    f"form {cal.form}{' on raw x noise-probe factor' if cal.probe else ''}, "
+                    f"fitted on {', '.join(cal.models_)}",
                 }
             )
     if not rows:

@@ -259,6 +259,13 @@ def compute_cmd(
         f"{prof.passes['forward']} fwd + {prof.passes['backward']} bwd passes, {prof.seconds:.1f} s "
         f"({'computed' if computed else 'cached'}) -> {path}"
     )
+    if prof.probe is not None:
+        pr = prof.probe
+        typer.echo(
+            f"noise probe: measured / raw KL {pr['factor']:.3f} (Gaussian noise of relative size "
+            f"{pr['rel_err']:.3f}, raw {pr['raw']:g}, measured {pr['measured']:.4g} nats/token on {pr['tokens']} "
+            f"tokens, {pr['passes']['forward']} fwd rows, {pr['seconds']:.1f} s)"
+        )
     top = sorted(prof.layers.values(), key=lambda lp: -lp.total / (lp.shape[0] * lp.shape[1]))[:8]
     typer.echo("most sensitive layers (mean Fisher diagonal per weight):")
     for lp in top:

@@ -321,9 +321,11 @@ def plan_model(
     if factors is not None:
         d = d * factors[None, :]
 
+    pf = prof.probe_factor
+
     def interval(raw: float) -> dict[str, float]:
         if factors is None:
-            return _interval(cal, raw)
+            return _interval(cal, raw, pf)
         # anchored: the terms already carry the measured level; the profile law's interval width is kept
         return {"value": raw, "lo": raw * math.exp(-cal.q_), "hi": raw * math.exp(cal.q_)}
 
@@ -335,7 +337,7 @@ def plan_model(
         budget = target_bpw * n_all - kept_bits
         sol = solve(d, b, budget, units=units)
     else:
-        raw_max = _raw_for(cal, max_kld) if factors is None else max_kld
+        raw_max = _raw_for(cal, max_kld, pf) if factors is None else max_kld
         sol, _ = solve_max_damage(d, b, float(numel.sum()), raw_max, units=units)
         budget = sol.bits
     solve_s = time.perf_counter() - t_solve
@@ -344,7 +346,7 @@ def plan_model(
         raise PlanError(f"internal: plan bpw {bpw} above target {target_bpw}")
     pred = {**interval(sol.damage), "alpha": alpha, "raw": sol.damage, "unit": UNITS["kld"]}
     if cal_dnll is not None and factors is None:
-        pred["dnll"] = _interval(cal_dnll, sol.damage)
+        pred["dnll"] = _interval(cal_dnll, sol.damage, pf)
     uniform = []
     for j, spec in enumerate(specs):
         raw = float(d[:, j].sum())
@@ -438,8 +440,10 @@ def anchors_from_stores(stores: Sequence[str | Path], lm: Any, method: str = "rt
     return {str(r.format): float(r.kld) for r in df.itertuples() if r.kld == r.kld and r.kld > 0}
 
 
-def _raw_for(cal: Any, value: float) -> float:
-    """The raw profile sum whose calibrated prediction is ``value`` (the calibration is increasing in raw)."""
+def _raw_for(cal: Any, value: float, probe_factor: float | None = None) -> float:
+    """The raw profile sum whose calibrated prediction is ``value`` (the calibration is increasing in raw; a probe
+    calibration reads raw x the profile's probe factor, so that is divided out)."""
     if cal.b_ <= 0:
         raise PlanError("the calibration is not increasing in the raw prediction; --max-kld cannot invert it")
-    return math.exp((math.log(value) - cal.a_) / cal.b_)
+    x = math.exp((math.log(value) - cal.a_) / cal.b_)
+    return x / float(cal.predictor(1.0, probe_factor)) if cal.probe else x

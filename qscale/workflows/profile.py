@@ -234,8 +234,8 @@ def method_terms(
     return out
 
 
-def _interval(cal: ProfileCalibration, raw: float) -> dict[str, float]:
-    v, lo, hi = (float(x) for x in cal.interval(raw))
+def _interval(cal: ProfileCalibration, raw: float, probe_factor: float | None = None) -> dict[str, float]:
+    v, lo, hi = (float(x) for x in cal.interval(raw, probe_factor))
     return {"value": v, "lo": lo, "hi": hi}
 
 
@@ -271,10 +271,12 @@ def predict_model(
     preds = []
     warnings = []
     lo_raw, hi_raw = cal.raw_range_
+    pf = prof.probe_factor
     for item in terms:
+        x = float(cal.predictor(item["raw"], pf))
         p = {
             "format": item["format"],
-            **_interval(cal, item["raw"]),
+            **_interval(cal, item["raw"], pf),
             "target": "kld",
             "unit": UNITS["kld"],
             "alpha": alpha,
@@ -284,7 +286,7 @@ def predict_model(
             "seconds": round(item["seconds"], 3),
         }
         if cal_dnll is not None:
-            p["dnll"] = _interval(cal_dnll, item["raw"])
+            p["dnll"] = _interval(cal_dnll, item["raw"], pf)
         ranked = sorted(item["layers"].items(), key=lambda kv: -kv[1]["kld"])
         total = item["raw"] or 1.0
         p["top_layers"] = [
@@ -294,9 +296,9 @@ def predict_model(
         if breakdown:
             p["layers"] = {n: v["kld"] for n, v in item["layers"].items()}
         w = []
-        if item["raw"] < lo_raw / 10 or item["raw"] > hi_raw * 10:
+        if x < lo_raw / 10 or x > hi_raw * 10:
             w.append(
-                f"raw prediction {item['raw']:.3g} is outside the calibration's range "
+                f"raw prediction {x:.3g} is outside the calibration's range "
                 f"[{lo_raw:.3g}, {hi_raw:.3g}] by more than 10x: the interval is an extrapolation"
             )
         p["warnings"] = w
@@ -309,6 +311,7 @@ def predict_model(
         "calibration": {
             "population": pop,
             "form": cal.form,
+            "probe": cal.probe,
             "models": cal.models_,
             "n_runs": cal.n_runs_,
             "a": cal.a_,
@@ -323,6 +326,12 @@ def predict_model(
             "passes": prof.passes,
             "n_tokens": prof.n_tokens,
             "estimator": prof.estimator,
+            "probe": None
+            if prof.probe is None
+            else {
+                k: prof.probe[k]
+                for k in ("factor", "measured", "raw", "rel_err", "tokens", "seconds", "passes")
+            },
         },
         "predictions": preds,
     }
@@ -399,6 +408,15 @@ def raw_predictions(
                 log(f"{model}: cached raw predictions are of another profile; recomputing")
                 del store[model]
         need = [f for f in g["format"] if f not in store.get(model, {}).get("raw", {})]
+        if model in store and not need:  # the raws are current; the probe may not be (absent, other settings)
+            from qscale.measure.probe import default_probe_settings
+
+            lm = lm or load(model)
+            if (store[model].get("probe") or {}).get("settings") != default_probe_settings(lm):
+                prof, _, _ = cached_profile(lm, cache_dir=profile_dir)
+                store[model]["probe"] = prof.probe
+                log(f"{model}: noise probe factor {prof.probe_factor:.3f} ({prof.probe['seconds']:.1f} s)")
+                cache.write_text(json.dumps(store, indent=1, sort_keys=True))
         if need:
             lm = lm or load(model)
             key = key or profile_path(lm, cache_dir=profile_dir)[2]
@@ -412,6 +430,7 @@ def raw_predictions(
                 profile_passes=prof.passes,
                 profile_tokens=prof.n_tokens,
                 n_params=lm.facts.n_params,
+                probe=prof.probe,
             )
             log(
                 f"{model}: profile {'computed' if computed else 'cached'} ({prof.seconds:.1f} s when computed)"
@@ -426,11 +445,14 @@ def raw_predictions(
             cache.write_text(json.dumps(store, indent=1, sort_keys=True))
             del lm
         entry = store[model]
+        probe = entry.get("probe") or {}
         for _, r in g.iterrows():
             rows.append(
                 {
                     **r.to_dict(),
                     "raw": entry["raw"].get(r["format"], float("nan")),
+                    "probe_factor": probe.get("factor", float("nan")),
+                    "probe_s": probe.get("seconds", float("nan")),
                     "predict_s": entry["seconds"].get(r["format"], float("nan")),
                     "profile_s": entry.get("profile_seconds", float("nan")),
                 }
@@ -462,6 +484,7 @@ def validate(
     error is chosen. With ``ship`` the chosen forms are fitted on all models of their population and saved to
     ``models/profile-<target>[-zoo].json``. Writes ``<out_dir>/profile_validation.md`` (+ csv, figure). ``cache``
     (default: the repository's ``data/profile_raw.json``) keeps the raw predictions."""
+    import numpy as np
     import pandas as pd
 
     from qscale.laws.profile import FORMS
@@ -475,30 +498,34 @@ def validate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = []
-    chosen: dict[tuple[str, str], str] = {}
+    chosen: dict[tuple[str, str], tuple[str, bool]] = {}
     for pop, g in df.groupby("population"):
+        factors = g.groupby("model")["probe_factor"].first()
+        probes = (False, True) if bool(np.isfinite(factors.to_numpy(float)).all()) else (False,)
         for target in ("kld", "dnll"):
             best = None
-            for form in FORMS:
-                sc = lomo_scores(g, target=target, alpha=alpha, form=form)
-                if sc.empty or "median_abs_ln_ratio" not in sc:
-                    continue
-                sc["population"], sc["target"] = pop, target
-                tables.append(sc)
-                err = float(sc["median_abs_ln_ratio"].median())
-                if best is None or err < best[1]:
-                    best = (form, err)
+            for probe in probes:
+                for form in FORMS:
+                    sc = lomo_scores(g, target=target, alpha=alpha, form=form, probe=probe)
+                    if sc.empty or "median_abs_ln_ratio" not in sc:
+                        continue
+                    sc["population"], sc["target"] = pop, target
+                    tables.append(sc)
+                    err = float(sc["median_abs_ln_ratio"].median())
+                    if best is None or err < best[1]:
+                        best = ((form, probe), err)
             if best is None:
                 continue
             chosen[(pop, target)] = best[0]
             if ship:
+                form, probe = best[0]
                 try:
-                    cal = ProfileCalibration(target=target, alpha=alpha, form=best[0]).fit(g)
+                    cal = ProfileCalibration(target=target, alpha=alpha, form=form, probe=probe).fit(g)
                 except LawError as err:
                     log(f"not shipped ({pop}, {target}): {err}")
                     continue
                 path = cal.save(calibration_path(calibration_name(target, pop), models_dir))
-                log(f"shipped {path} ({pop}, {target}, form {best[0]})")
+                log(f"shipped {path} ({pop}, {target}, form {form}{', noise probe' if probe else ''})")
     scores = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     df.to_csv(out / "profile_validation_runs.csv", index=False)
     scores.to_csv(out / "profile_validation_scores.csv", index=False)
@@ -515,58 +542,64 @@ def _write_report(df: Any, scores: Any, chosen: dict, out: Path, alpha: float) -
         "Regenerate: `qscale profile validate --store data/runs_panel.sqlite --store data/runs.sqlite --ship`.",
         "`raw` is the profile's uncalibrated second-order prediction 1/(2N) sum F_ij dW_ij^2 (diagonal Fisher from",
         "2,048 calibration tokens of the enwiki train split with labels sampled from the model, RTN weight errors;",
-        "no quantized evaluation). Each model is held out in turn: the calibration (form `identity`: raw itself;",
-        "`offset`: ln(meas) = a + ln(raw); `line`: ln(meas) = a + b ln(raw)) is fitted on the other models of",
-        "its population (real models / the tiny zoo), and the held-out model's runs with measured KL in",
-        f"[1e-3, 3] are scored. Intervals: {1 - alpha:.0%}, split-conformal on the other models' leave-one-out",
-        "residuals. The form with the lowest median held-out error is the one shipped.",
+        "no quantized evaluation). `probe` yes: the line reads raw x the model's noise-probe factor instead of raw",
+        "(measured / raw KL of Gaussian noise of a known size injected into every profiled weight, measured on",
+        "4,096 tokens of the train split: the model's own level; `qscale.measure.probe`). Each model is held out in",
+        "turn: the calibration (form `identity`: the predictor itself; `offset`: ln(meas) = a + ln(x); `line`:",
+        "ln(meas) = a + b ln(x)) is fitted on the other models of its population (real models / the tiny zoo), and",
+        f"the held-out model's runs with measured KL in [1e-3, 3] are scored. Intervals: {1 - alpha:.0%},",
+        "split-conformal on the other models' leave-one-out residuals. The form with the lowest median held-out",
+        "error is the one shipped.",
         "",
     ]
     if scores is not None and not scores.empty:
         for (pop, target), g in scores.groupby(["population", "target"], sort=False):
-            form = chosen.get((pop, target))
+            form, probe = chosen.get((pop, target), (None, False))
             lines += [
-                f"## {pop} models, target `{target}` (chosen form: `{form}`)",
+                f"## {pop} models, target `{target}` (chosen: form `{form}`, probe {'yes' if probe else 'no'})",
                 "",
-                "| held-out model | form | runs | Spearman | median abs ln(pred/meas) | coverage | median hi/lo |",
-                "|---|---|---|---|---|---|---|",
+                "| held-out model | form | probe | runs | Spearman | median abs ln(pred/meas) | coverage | "
+                "median hi/lo |",
+                "|---|---|---|---|---|---|---|---|",
             ]
-            for _, r in g.sort_values(["form", "model"]).iterrows():
+            for _, r in g.sort_values(["probe", "form", "model"]).iterrows():
+                pr = "yes" if r.get("probe") is True else "no"
                 if isinstance(r.get("error"), str):
-                    lines.append(f"| {r['model']} | {r['form']} | | | ({r['error']}) | | |")
+                    lines.append(f"| {r['model']} | {r['form']} | {pr} | | | ({r['error']}) | | |")
                     continue
                 sp = "n/a (<3 runs)" if not np.isfinite(r["spearman"]) else f"{r['spearman']:.3f}"
                 lines.append(
-                    f"| {r['model']} | {r['form']} | {int(r['n'])} | {sp} | "
+                    f"| {r['model']} | {r['form']} | {pr} | {int(r['n'])} | {sp} | "
                     f"{r['median_abs_ln_ratio']:.3f} | {r['coverage']:.2f} | {r['median_hi_lo']:.2f} |"
                 )
             lines.append("")
     lines += [
         "## Cost (seconds on the 2-core CPU, shared with the collection that measured the runs)",
         "",
-        "| model | profile s | prediction s / format | RTN quantize + exact-KL eval s / format | "
-        "(profile + 30 predictions) / (30 quantize + eval) |",
-        "|---|---|---|---|---|",
+        "| model | profile s | noise probe s | probe factor | prediction s / format | "
+        "RTN quantize + exact-KL eval s / format | (profile + probe + 30 predictions) / (30 quantize + eval) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model, g in df.groupby("model"):
         q = (g["time_quantize_s"] + g["time_eval_s"]).mean() if "time_eval_s" in g else float("nan")
         p = g["predict_s"].mean()
         prof_s = g["profile_s"].iloc[0]
-        ratio = (prof_s + 30 * p) / (30 * q) if q and np.isfinite(q) else float("nan")
-        lines.append(f"| {model} | {prof_s:.1f} | {p:.2f} | {q:.1f} | {ratio:.3f} |")
+        probe_s = float(g["probe_s"].iloc[0]) if "probe_s" in g else float("nan")
+        factor = float(g["probe_factor"].iloc[0]) if "probe_factor" in g else float("nan")
+        spent = prof_s + (probe_s if np.isfinite(probe_s) else 0.0) + 30 * p
+        ratio = spent / (30 * q) if q and np.isfinite(q) else float("nan")
+        lines.append(
+            f"| {model} | {prof_s:.1f} | {probe_s:.1f} | {factor:.3f} | {p:.2f} | {q:.1f} | {ratio:.3f} |"
+        )
     lines += ["", "![predicted vs measured](profile_validation.png)", ""]
     (out / "profile_validation.md").write_text("\n".join(lines))
     try:
-        _plot(
-            df[df["population"] == "real"],
-            out,
-            {p: f for (p, t), f in chosen.items() if t == "kld"}.get("real", "line"),
-        )
+        _plot(df[df["population"] == "real"], out, *chosen.get(("real", "kld"), ("line", False)))
     except Exception as err:  # a missing matplotlib backend must not lose the tables
         (out / "profile_validation.md").write_text("\n".join(lines) + f"\n(figure not drawn: {err})\n")
 
 
-def _plot(df: Any, out: Path, form: str = "line") -> None:
+def _plot(df: Any, out: Path, form: str = "line", probe: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -578,11 +611,13 @@ def _plot(df: Any, out: Path, form: str = "line") -> None:
         others = df[df["model"] != m]
         g = df[(df["model"] == m) & (df["kld"] > 0) & (df["raw"] > 0)]
         try:
-            cal = ProfileCalibration(target="kld", form=form).fit(others)
+            cal = ProfileCalibration(target="kld", form=form, probe=probe).fit(others)
         except LawError:
             ax.set_title(f"{m}\n(no calibration without it)")
             continue
-        v, lo, hi = cal.interval(g["raw"].to_numpy(float))
+        v, lo, hi = cal.interval(
+            g["raw"].to_numpy(float), g["probe_factor"].to_numpy(float) if probe else None
+        )
         ax.errorbar(
             g["kld"], v, yerr=[v - lo, hi - v], fmt="o", ms=4, alpha=0.8, label="predicted (90% interval)"
         )

@@ -55,3 +55,35 @@ def test_refuses_what_it_cannot_fit():
         ProfileCalibration().fit(pd.DataFrame({"model": ["a"], "kld": [0.1]}))
     with pytest.raises(LawError, match="not fitted"):
         ProfileCalibration().predict([0.1])
+
+
+def test_probe_calibration_reads_each_models_own_level(tmp_path):
+    """Each model's measured KL is raw x its own level f_m (1.3, 2.1, 0.8, 1.6) with 5% noise; the probe measured f_m.
+    Without the probe a cross-model offset cannot know a held-out model's level; with it the residual is the noise."""
+    rng = np.random.default_rng(3)
+    levels = {"m1": 1.3, "m2": 2.1, "m3": 0.8, "m4": 1.6}
+    rows = []
+    for m, f in levels.items():
+        raw = np.exp(rng.uniform(np.log(1e-3), np.log(2.0), 30))
+        kld = raw * f * np.exp(rng.normal(0, 0.05, 30))
+        rows += [{"model": m, "raw": r, "kld": k, "probe_factor": f} for r, k in zip(raw, kld, strict=True)]
+    df = pd.DataFrame(rows)
+    plain = lomo_scores(df, form="offset")
+    probed = lomo_scores(df, form="identity", probe=True)
+    assert plain["median_abs_ln_ratio"].median() > 0.3
+    assert (probed["median_abs_ln_ratio"] < 0.06).all() and probed["probe"].all()
+    cal = ProfileCalibration(form="offset", probe=True).fit(df)
+    assert cal.a_ == pytest.approx(0.0, abs=0.02)
+    # |N(0, 0.05)| 90% quantile is 0.082
+    assert cal.q_ == pytest.approx(0.082, rel=0.35)
+    # the prediction is raw x factor through the line
+    assert cal.predict([0.1], [2.0])[0] == pytest.approx(0.2 * math.exp(cal.a_))
+    # the range it was fitted on is in the predictor's units (raw x factor)
+    x = df["raw"] * df["probe_factor"]
+    assert cal.raw_range_ == pytest.approx((x.min(), x.max()))
+    with pytest.raises(LawError, match="noise probe"):
+        cal.predict([0.1])
+    back = ProfileCalibration.load(cal.save(tmp_path / "p.json"))
+    assert back.probe and back.to_dict() == cal.to_dict()
+    with pytest.raises(LawError, match="lacks columns"):
+        ProfileCalibration(probe=True).fit(df.drop(columns="probe_factor"))
