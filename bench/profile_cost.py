@@ -5,8 +5,8 @@ against RTN quantization plus exact-KL evaluation of the same formats (bench/pro
     python bench/profile_cost.py panel:qwen2.5-coder-0.5b --formats 10
 
 Both sides run in this process, on the same model load, one after the other:
-- prediction side: ``compute_profile`` on the default calibration (into a temporary cache, so it is computed,
-  not read) and ``format_terms`` for every format (fake quantization of every linear weight + the weighted sums);
+- prediction side: ``cached_profile`` on the default calibration (into a temporary cache, so it is computed,
+  not read: the Fisher pass and the noise probe, ``fisher_s`` and ``probe.seconds`` of the JSON) and ``format_terms`` for every format (fake quantization of every linear weight + the weighted sums);
 - measurement side: ``qscale.collect`` of the same formats with the real panel's first eval
   (``data/sweeps/panel_rtn.yaml``: enwiki test, 17 windows of 512, exact KL) into a temporary store; its
   float pass is counted once, as in a sweep.
@@ -62,6 +62,8 @@ def main() -> None:
         assert computed
         res["profile_s"] = round(time.perf_counter() - t, 2)
         res["profile"] = {"passes": prof.passes, "tokens": prof.n_tokens, "settings": prof.settings}
+        res["fisher_s"] = prof.seconds  # profile_s = the Fisher pass + the noise probe
+        res["probe"] = prof.probe
         t = time.perf_counter()
         items = format_terms(lm, prof, formats)
         res["predict_s"] = round(time.perf_counter() - t, 2)
