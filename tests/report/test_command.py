@@ -93,6 +93,8 @@ def test_panel_predictions_are_cached_raw_through_shipped_calibration():
     cal = json.loads((ROOT / "models" / "profile-kld.json").read_text())
     for _, r in df.iterrows():
         raw = cache[r["model"]]["raw"][r["format"]]
+        if cal.get("probe"):  # a probe law reads raw x the model's noise-probe factor
+            raw *= cache[r["model"]]["probe"]["factor"]
         v = math.exp(cal["a_"] + cal["b_"] * math.log(raw))
         assert r["kld"] == pytest.approx(meas[(r["model"], r["format"])], rel=1e-12)
         assert r["pred"] == pytest.approx(v, rel=1e-9)
