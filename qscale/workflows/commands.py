@@ -95,6 +95,11 @@ def profile_predict(
         f"{out['model']}  ({out['identity']}); profile: {prof['n_tokens']} tokens, "
         f"{prof['passes']['forward']} fwd + {prof['passes']['backward']} bwd passes, "
         f"{prof['profile_seconds_when_computed']:.1f} s ({'computed now' if prof['computed'] else 'cached'})"
+        + (
+            f"; noise probe: measured / raw {prof['probe']['factor']:.3f} ({prof['probe']['seconds']:.1f} s)"
+            if prof.get("probe")
+            else ""
+        )
     )
     level = f"{1 - alpha:.0%}"
     typer.echo(
