@@ -1,9 +1,9 @@
-"""The profile's level anchor: one measured perturbation that tells a model's own measured / raw factor.
+"""The noise probe: one measured perturbation that tells a model's own measured / raw factor.
 
 The sensitivity profile (:mod:`qscale.measure.sensitivity`) predicts ``raw = 1/(2N) sum F_ij dW_ij^2``. Its
 ranking of formats is good, but its level is not: measured / raw differs per model (the draw of 2,048
 calibration tokens moves it by up to 1.6x on Qwen2.5-Coder-0.5B, and the diagonal Fisher misses what errors within
-a row do together). A cross-model constant cannot know a new model's factor. The anchor measures it:
+a row do together). A cross-model constant cannot know a new model's factor. The probe measures it:
 
 1. perturb every profiled weight by ``dW = eps * rms_row(W) * z`` with ``z ~ N(0, 1)`` (seeded), i.e. each row gets
    noise of the same relative size, the way a per-row or per-group quantizer's error scales;
@@ -11,11 +11,12 @@ a row do together). A cross-model constant cannot know a new model's factor. The
    quadratic in ``eps``: ``eps = sqrt(target / raw(1))``);
 3. measure the exact KL of the perturbed model against the float model on ``probe_windows`` (rows of the
    calibration corpus' train split, drawn with another seed than the profile's rows);
-4. ``factor = measured / raw``. A format's anchored prediction is ``factor * raw(format)``.
+4. ``factor = measured / raw``. A probe calibration (:class:`qscale.laws.profile.ProfileCalibration` with
+   ``probe=True``) reads ``factor * raw(format)`` instead of ``raw(format)``.
 
 Cost: two forward passes over the probe tokens (float reference and perturbed), no backward pass, no
 quantization. Measured (SmolLM2-135M, default settings: 8 x 512 tokens, target 0.05): raw(1) = 31.4, so
-eps = sqrt(0.05 / 31.4) = 0.0399 (a relative weight error of 4.0%, about what a 6-bit grouped format does);
+eps = sqrt(0.05 / 31.4) = 0.0399 (a relative weight error of 4.0%, a weight SQNR of 28 dB: between SmolLM2's 5- and 6-bit formats);
 measured KL 0.0684, factor 1.367. What the factor captures and what it does not (the per-format error structure
 on Qwen2.5-Coder-0.5B) is in ``bench/profile.md``, "The noise probe".
 """
@@ -138,7 +139,7 @@ def noise_probe(
     from qscale.measure.eval import evaluate_windows, reference_outputs
 
     if not target > 0:
-        raise ValueError(f"anchor target must be > 0 nats/token, got {target}")
+        raise ValueError(f"probe target must be > 0 nats/token, got {target}")
     t0 = time.perf_counter()
     model = lm.model
     refs = {r.name: r for r in linear_layers(model, exclude=profile.settings.get("exclude"))}

@@ -298,7 +298,7 @@ def predict_model(
         w = []
         if x < lo_raw / 10 or x > hi_raw * 10:
             w.append(
-                f"raw prediction {x:.3g} is outside the calibration's range "
+                f"raw prediction{' x probe factor' if cal.probe else ''} {x:.3g} is outside the calibration's range "
                 f"[{lo_raw:.3g}, {hi_raw:.3g}] by more than 10x: the interval is an extrapolation"
             )
         p["warnings"] = w
