@@ -34,14 +34,16 @@ for fs in fmts:
     fmt = get_format(fs)
     tang = {}
     primals = {}
-    raw = 0.0
+    qs = {}
     for r in refs:
         w = r.get_weight().float()
-        d = fake_quant(fmt, w) - w
-        raw += 0.5 * prof.layers[r.name].squared_sums(d.square())[0] / prof.n_tokens
+        qs[r.name] = fake_quant(fmt, w)
+        d = qs[r.name] - w
         n = pname[id(r.weight)]
         primals[n] = r.weight.detach()
         tang[n] = (d.t() if r.transposed else d).to(r.weight.dtype).contiguous()
+    terms = prof.layer_terms(model, fmt, weights=lambda ref, qs=qs: qs[ref.name])
+    raw = sum(terms[r.name]["kld"] for r in refs)
     t0 = time.perf_counter()
     tot = 0.0
     ntok = 0

@@ -11,6 +11,7 @@ from qscale.kernels import fake_quant
 from qscale.lm import load
 from qscale.lm.layers import linear_layers
 from qscale.measure.eval import evaluate_windows, reference_outputs
+from qscale.measure.landscape import _perturbed
 from qscale.measure.probe import rows_windows
 from qscale.measure.sensitivity import default_calibration
 
@@ -26,14 +27,11 @@ for spec in sys.argv[2].split(","):
     fs, t = spec.split("@") if "@" in spec else (spec, "1")
     t = float(t)
     fmt = get_format(fs)
-    saved = {}
-    with torch.no_grad():
-        for r in refs:
-            w = r.get_weight()
-            saved[r.name] = w.detach().clone()
-            wf = w.float()
-            r.set_weight(wf + t * (fake_quant(fmt, wf) - wf))
-    res = evaluate_windows(model, win, reference=ref, batch_size=4, progress=False)
+    deltas = []
     for r in refs:
-        r.set_weight(saved[r.name])
+        w = r.get_weight().float()
+        d = t * (fake_quant(fmt, w) - w)
+        deltas.append(d.t() if r.transposed else d)
+    with _perturbed([r.weight for r in refs], deltas):
+        res = evaluate_windows(model, win, reference=ref, batch_size=4, progress=False)
     print(fs, t, json.dumps({"kld": float(res["kld"])}), flush=True)

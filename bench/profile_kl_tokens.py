@@ -9,23 +9,24 @@ import torch
 from qscale.corpora import calibration_batch
 from qscale.corpora.windows import get_windows
 from qscale.formats.spec import get_format
-from qscale.kernels import fake_quant
 from qscale.lm import load
-from qscale.lm.layers import linear_layers
+from qscale.measure.probe import probe_windows, rows_windows
 from qscale.measure.sensitivity import default_calibration
+from qscale.quantize import quantized
 
 torch.set_num_threads(2)
 lm = load(sys.argv[1])
 model = lm.model
 fmts = sys.argv[2].split(",")
 cal = default_calibration(lm)
-sets = {
-    "calib": calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"]),
-    "probe_rows": calibration_batch(lm.tokenizer, cal["corpus"], 8, 512, 1),
+wins = {
+    "calib": rows_windows(
+        calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    ),
+    "probe_rows": probe_windows(lm.tokenizer),
+    "test": get_windows(lm.tokenizer, "enwiki_gensim", "test", "stride", 512, max_tokens=8704),
 }
-w = get_windows(lm.tokenizer, "enwiki_gensim", "test", "stride", 512, max_tokens=8704)
-sets["test"] = w.input_ids
-masks = {"test": w.score_mask}
+sets = {k: v.input_ids for k, v in wins.items()}
 
 
 def logp(ids):
@@ -36,26 +37,18 @@ def logp(ids):
         ]
 
 
-refs = linear_layers(model)
 fl = {k: logp(v) for k, v in sets.items()}
 out = {}
 for fs in fmts:
     fmt = get_format(fs)
-    saved = {}
-    with torch.no_grad():
-        for r in refs:
-            ww = r.get_weight()
-            saved[r.name] = ww.detach().clone()
-            r.set_weight(fake_quant(fmt, ww.float()))
-    for k, v in sets.items():
-        ql = logp(v)
-        kl = []
+    with quantized(model, fmt):
+        qls = {k: logp(v) for k, v in sets.items()}
+    for k, ql in qls.items():
+        rows = []
         for i, (a, b) in enumerate(zip(fl[k], ql, strict=True)):
-            t = (a.exp() * (a - b)).sum(-1)
-            m = masks[k][i] if k in masks else torch.arange(len(t)) > 0
-            kl.append(t[m])
-        kl = torch.cat(kl).numpy()
-        per_row = [float(x.mean()) for x in torch.split(torch.tensor(kl), 511)]
+            rows.append((a.exp() * (a - b)).sum(-1)[wins[k].score_mask[i]])
+        kl = torch.cat(rows).numpy()
+        per_row = [float(x.mean()) for x in rows]
         s = np.sort(kl)[::-1]
         out[(fs, k)] = kl
         print(
@@ -73,8 +66,6 @@ for fs in fmts:
             ),
             flush=True,
         )
-    for r in refs:
-        r.set_weight(saved[r.name])
 np.savez(
     "bench/results/kl_tokens_{}.npz".format(sys.argv[1].split(":")[1]),
     **{f"{a}|{b}": v for (a, b), v in out.items()},
