@@ -26,27 +26,27 @@ wins = {
     "probe_rows": probe_windows(lm.tokenizer),
     "test": get_windows(lm.tokenizer, "enwiki_gensim", "test", "stride", 512, max_tokens=8704),
 }
-sets = {k: v.input_ids for k, v in wins.items()}
 
 
-def logp(ids):
+def logp(w):
+    """Per window, the log-probs at the positions whose prediction is scored (EvalWindows.batches' index)."""
     with torch.no_grad():
         return [
-            model(input_ids=ids[i : i + 1], use_cache=False).logits[0].float().log_softmax(-1)
-            for i in range(ids.shape[0])
+            model(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1)[flat]
+            for ids, flat, _, _ in w.batches(1)
         ]
 
 
-fl = {k: logp(v) for k, v in sets.items()}
+fl = {k: logp(v) for k, v in wins.items()}
 out = {}
 for fs in fmts:
     fmt = get_format(fs)
     with quantized(model, fmt):
-        qls = {k: logp(v) for k, v in sets.items()}
+        qls = {k: logp(v) for k, v in wins.items()}
     for k, ql in qls.items():
         rows = []
-        for i, (a, b) in enumerate(zip(fl[k], ql, strict=True)):
-            rows.append((a.exp() * (a - b)).sum(-1)[wins[k].score_mask[i]])
+        for a, b in zip(fl[k], ql, strict=True):
+            rows.append((a.exp() * (a - b)).sum(-1))
         kl = torch.cat(rows).numpy()
         per_row = [float(x.mean()) for x in rows]
         s = np.sort(kl)[::-1]

@@ -78,6 +78,7 @@ def _deltas(float_m: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
         "n_tokens": int(q.get("n_tokens", 0)),
         "n_bytes": int(q.get("n_bytes", 0)),
         "kld_top_k": q.get("kld_top_k"),
+        "bos": bool(q["bos"]) if q.get("bos") is not None else None,  # did the windows start with BOS
     }
     out["dnll"] = out["nll"] - out["float_nll"]
     out["dppl"] = out["ppl"] - out["float_ppl"]
@@ -235,7 +236,7 @@ def collect_model(
     def calib_for(spec: CalibrationSpec) -> Any:
         if spec not in calib_cache:
             calib_cache[spec] = calibration_batch(
-                lm.tokenizer, spec.corpus, spec.n_samples, spec.seq_len, spec.seed
+                lm.tokenizer, spec.corpus, spec.n_samples, spec.seq_len, spec.seed, add_bos=spec.add_bos
             )
         return calib_cache[spec]
 

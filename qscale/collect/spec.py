@@ -52,22 +52,31 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Calibration tokens: ``qscale.corpora.calibration_batch(tok, corpus, n_samples, seq_len, seed)``."""
+    """Calibration tokens: ``qscale.corpora.calibration_batch(tok, corpus, n_samples, seq_len, seed, add_bos)``.
+
+    ``add_bos`` as in :class:`EvalSpec`: None (the model's convention) is left out of the record and the key.
+    """
 
     corpus: str = "enwiki_gensim"
     n_samples: int = 32
     seq_len: int = 256
     seed: int = 0
+    add_bos: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["add_bos"] is None:
+            d.pop("add_bos")
+        return d
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     """Evaluation settings passed to ``qscale.corpora.get_windows`` / ``qscale.measure``.
 
-    ``batch_size`` changes speed only, so it is not part of a run's identity (:meth:`key_dict`).
+    ``batch_size`` changes speed only, so it is not part of a run's identity (:meth:`key_dict`). ``add_bos``:
+    None (the default, left out of the key) starts every window with BOS when the model's convention does
+    (:func:`qscale.corpora.windows.model_adds_bos`); True / False force it.
     """
 
     corpus: str = "enwiki_gensim"
@@ -76,6 +85,7 @@ class EvalSpec:
     seq_len: int = 256
     max_tokens: int | None = 16384
     batch_size: int = 8
+    add_bos: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +93,8 @@ class EvalSpec:
     def key_dict(self) -> dict[str, Any]:
         d = self.to_dict()
         d.pop("batch_size")
+        if d["add_bos"] is None:
+            d.pop("add_bos")
         return d
 
     def window_kwargs(self) -> dict[str, Any]:
@@ -129,7 +141,10 @@ class PlannedRun:
             "code_version": f"{__version__}+collect{COLLECT_VERSION}",
         }
         if self.settings:
-            config["feature_settings"] = {name: asdict(rec) for name, rec in self.settings}
+            config["feature_settings"] = {
+                name: rec.to_dict() if isinstance(rec, CalibrationSpec) else asdict(rec)
+                for name, rec in self.settings
+            }
         return config
 
     def key(self, identity: str) -> str:
@@ -469,6 +484,13 @@ def _parse_records(value: Any, cls: type, key: str, errors: list[str]) -> list[A
                 errors.append(f"{path}.{k}: {unknown_name_message(k, fields, 'key', n=3)}")
             elif k == "max_tokens" and v is None:
                 kwargs[k] = None
+            elif k == "add_bos":
+                if v is not None and not isinstance(v, bool):
+                    errors.append(
+                        f"{path}.{k}: expected true, false or null (the model's convention), got {v!r}"
+                    )
+                else:
+                    kwargs[k] = v
             elif isinstance(getattr(defaults, k), int) or k == "max_tokens":
                 minimum = 0 if k == "seed" else 1
                 if isinstance(v, bool) or not isinstance(v, int) or v < minimum:

@@ -13,9 +13,10 @@ LongTensor, deterministic in ``seed``:
 * ``random_punct``: random strings of ASCII punctuation (with a space between runs of 1-8
   characters) tokenized, and the first tokens kept: a calibration set with no natural language.
 
-Like the evaluation windows, every row starts with BOS when the tokenizer has one (``add_bos=None``)
-followed by seq_len-1 tokens, so a model that needs BOS (Gemma) sees the same layout in calibration
-and evaluation; ``add_bos=False`` gives rows of seq_len tokens from the source only.
+Like the evaluation windows, a row starts with BOS when the model's convention does (``add_bos=None``,
+:func:`qscale.corpora.windows.model_adds_bos`), followed by seq_len-1 tokens, so a model that needs BOS
+(Gemma) sees the same layout in calibration and evaluation; otherwise (or ``add_bos=False``) a row is
+seq_len tokens from the source only.
 """
 
 from __future__ import annotations

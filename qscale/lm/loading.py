@@ -81,6 +81,24 @@ def _zoo_identity(meta: dict[str, Any]) -> str:
     return f"zoo:{meta['name']}@{meta['config_hash']}/{meta['seed']}"
 
 
+def _keep_declared_add_bos(tokenizer: Any, directory: Path) -> None:
+    """Carry the checkpoint's declared ``add_bos_token`` (tokenizer_config.json) onto the tokenizer.
+
+    transformers 5 reads it for some tokenizer classes only (a ``TokenizersBackend`` ignores it), so it is put
+    in ``tokenizer.init_kwargs``, where :func:`qscale.corpora.windows.model_adds_bos` reads it.
+    """
+    cfg_path = directory / "tokenizer_config.json"
+    kwargs = getattr(tokenizer, "init_kwargs", None)
+    if not cfg_path.is_file() or not isinstance(kwargs, dict) or kwargs.get("add_bos_token") is not None:
+        return
+    try:
+        declared = json.loads(cfg_path.read_text()).get("add_bos_token")
+    except (OSError, ValueError):
+        return
+    if isinstance(declared, bool):
+        kwargs["add_bos_token"] = declared
+
+
 def resolve_zoo(name: str, zoo_root: str | Path | None = None) -> Path:
     """Directory of zoo model ``name`` (without the ``zoo:`` prefix); error if it is not trained."""
     root = Path(zoo_root).expanduser() if zoo_root is not None else default_zoo_root()
@@ -196,6 +214,7 @@ def load(
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as err:
             raise LoadError(f"{src!r} has no usable tokenizer files: {err}") from err
+        _keep_declared_add_bos(tokenizer, path)
         if (path / ZOO_META).is_file():
             meta = json.loads((path / ZOO_META).read_text())
             identity = _zoo_identity(meta)

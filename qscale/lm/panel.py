@@ -280,6 +280,14 @@ def dequantize_to_dir(gguf_path: Path, out: Path) -> dict[str, Any]:
     with quiet_third_party():  # no "Writing model shards" bar
         model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    # transformers reads the GGUF's tokenizer.ggml.add_bos_token but does not save it: write it into
+    # tokenizer_config.json, so the checkpoint's windows follow the model's convention (model_adds_bos)
+    add_bos = tok.init_kwargs.get("add_bos_token")
+    if add_bos is not None:
+        cfg_path = out / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["add_bos_token"] = bool(add_bos)
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     from qscale.lm.facts import count_params
 
     n_params, n_nonembed, tied_now = count_params(model)
@@ -288,6 +296,7 @@ def dequantize_to_dir(gguf_path: Path, out: Path) -> dict[str, Any]:
         "n_nonembed": n_nonembed,
         "tied_embeddings": tied_now,
         "model_type": config.model_type,
+        "tokenizer_add_bos": None if add_bos is None else bool(add_bos),
     }
 
 
@@ -319,7 +328,9 @@ def build_panel(
         meta_path = d / PANEL_META
         if meta_path.is_file() and not force:
             meta = json.loads(meta_path.read_text())
-            if not entry.sha256 or meta.get("gguf_sha256") == entry.sha256:
+            if "tokenizer_add_bos" not in meta:  # built before the tokenizer's BOS convention was kept
+                log(f"{entry.name}: built without the tokenizer's add_bos_token; rebuilding")
+            elif not entry.sha256 or meta.get("gguf_sha256") == entry.sha256:
                 log(f"{entry.name}: already built in {d}")
                 built[entry.name] = d
                 continue

@@ -67,6 +67,11 @@ def eval_cmd(
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", min=1, help="Use only the first N stream tokens."
     ),
+    bos: bool | None = typer.Option(
+        None,
+        "--bos/--no-bos",
+        help="Start every window with BOS, or not (default: the model's convention, its tokenizer's add_bos_token).",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 (log-softmax is always fp32)."),
@@ -151,6 +156,7 @@ def eval_cmd(
                     seq_len=seq_len,
                     stride=stride,
                     max_tokens=max_tokens,
+                    add_bos=bos,
                 )
         except (WindowError, CorpusError) as err:  # e.g. --stride with protocol stride
             raise typer.BadParameter(str(err)) from err
@@ -217,7 +223,8 @@ def _print(result: dict, base: dict | None, q: dict | None, as_json: bool) -> No
     rec = q if q is not None else result
     title = (
         f"{result['model']}  {rec['corpus']}/{rec['split']}  protocol={rec['protocol']}  "
-        f"seq_len={rec['seq_len']}  {rec['n_tokens']} tokens  {rec['n_bytes']} bytes"
+        f"seq_len={rec['seq_len']}  bos={'yes' if rec.get('bos') else 'no'}  {rec['n_tokens']} tokens  "
+        f"{rec['n_bytes']} bytes"
     )
     table = Table(title=title)
     if base is None:

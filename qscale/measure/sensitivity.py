@@ -375,8 +375,14 @@ def profile_path(
 ) -> tuple[Path, dict[str, Any], str]:
     """Where :func:`cached_profile` keeps ``lm``'s profile for these settings: ``(path, settings, key)``; the
     key hashes the weights' identity and every setting that changes the profile."""
+    from qscale.corpora.windows import model_adds_bos
+
     cal = calibration or default_calibration(lm)
     settings = {"calibration": cal, "estimator": estimator, "label_draws": label_draws}
+    if not model_adds_bos(
+        lm.tokenizer
+    ):  # rows without BOS (a key of its own; the profiles of before had BOS)
+        settings["bos"] = False
     key = profile_settings_key({"identity": lm.facts.identity, **settings})
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lm.facts.identity)[:60]
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_profile_dir()

@@ -10,6 +10,7 @@ calibration (the in-place scheme of issue 15) is measured again, in place, and c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,22 @@ def test_committed_stores_keep_their_keys_and_are_not_remeasured():
         planned = {run.key(by_ref[run.model]) for run in plan(spec) if run.model in by_ref}
         assert {r["run_key"] for r in rows} <= planned, sweep
     assert feature_calibration(load_spec(REPO / "data" / "sweeps" / "demo.yaml")) == CalibrationSpec()
+
+
+def test_the_panel_store_records_the_bos_it_was_measured_with_and_its_sweeps_find_every_run():
+    """data/runs_panel.sqlite was measured with BOS forced (the rule before the model's declared convention was
+    followed): every run says so (eval.add_bos, metrics.bos) and the committed panel sweeps, which force it
+    too, plan every stored key; a default sweep of the same models plans none of them."""
+    with RunStore(REPO / "data" / "runs_panel.sqlite", readonly=True) as st:
+        rows = st.rows("ok")
+    assert rows and all(r["config"]["eval"]["add_bos"] is True and r["metrics"]["bos"] is True for r in rows)
+    by_ref = {r["model_ref"]: r["model_identity"] for r in rows}
+    planned: set[str] = set()
+    default: set[str] = set()
+    for f in sorted((REPO / "data" / "sweeps").glob("panel_*.yaml")):
+        spec = load_spec(f)
+        planned |= {run.key(by_ref[run.model]) for run in plan(spec) if run.model in by_ref}
+        native = replace(spec, evals=tuple(replace(e, add_bos=None) for e in spec.evals))
+        default |= {run.key(by_ref[run.model]) for run in plan(native) if run.model in by_ref}
+    keys = {r["run_key"] for r in rows}
+    assert keys <= planned and not keys & default

@@ -145,6 +145,18 @@ def test_run_key_is_sha256_of_the_canonical_config(model_dirs):
     assert plan(other_eval)[0].key("sha256:0123") != run.key("sha256:0123")
     batch = parse_spec(_spec(model_dirs, eval={"seq_len": 64, "max_tokens": 512, "batch_size": 2}))
     assert plan(batch)[0].key("sha256:0123") == run.key("sha256:0123")
+    # add_bos: left out of the key at its default (the model's convention), in it when forced
+    forced = {}
+    for value in (True, False):
+        s = parse_spec(_spec(model_dirs, eval={"seq_len": 64, "max_tokens": 512, "add_bos": value}))
+        forced[value] = plan(s)[0]
+        assert forced[value].config("sha256:0123")["eval"]["add_bos"] is value
+    assert len({r.key("sha256:0123") for r in (run, *forced.values())}) == 3
+    with pytest.raises(SpecError) as info:
+        parse_spec(_spec(model_dirs, eval={"add_bos": "yes"}))
+    assert info.value.errors == [
+        "eval.add_bos: expected true, false or null (the model's convention), got 'yes'"
+    ]
 
 
 def test_a_features_settings_change_its_run_key(model_dirs):

@@ -92,6 +92,43 @@ def test_stride_without_bos_first_token_is_context(tok_nobos):
     assert w.n_scored == n * (L - 1)
 
 
+def test_bos_follows_the_tokenizers_declared_convention(train_text):
+    """A tokenizer that declares add_bos_token=false (Qwen2.5, SmolLM2 in their GGUF and HF files) gets windows
+    and calibration rows without BOS; one that declares true, or declares nothing and has a BOS, gets BOS."""
+    from qscale.corpora.calibration import calibration_batch
+
+    bpe = _bpe(train_text)
+    declared_off = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, add_bos_token=False
+    )
+    declared_on = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, add_bos_token=True
+    )
+    silent = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    no_bos = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, add_bos_token=True)
+    assert [W.model_adds_bos(t) for t in (declared_off, declared_on, silent, no_bos)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    doc = read_split("lee_news", "test")[0]
+    ids = _ids(silent, doc)
+    L = 16
+    off = windows_from_documents(declared_off, [doc], "stride", L)
+    on = windows_from_documents(declared_on, [doc], "stride", L)
+    assert not off.bos and on.bos
+    np.testing.assert_array_equal(
+        off.input_ids[0].numpy(), ids[:L]
+    )  # L stream tokens, the first context only
+    np.testing.assert_array_equal(on.input_ids[0].numpy(), [0, *ids[: L - 1]])
+    # an explicit add_bos still wins over the declaration
+    assert windows_from_documents(declared_off, [doc], "stride", L, add_bos=True).bos
+    rows = calibration_batch(declared_off, "lee_news", 2, 8, seed=0)
+    assert (rows[:, 0] != 0).all()  # no BOS in the rows either (id 0 is <|endoftext|>)
+    assert (calibration_batch(declared_on, "lee_news", 2, 8, seed=0)[:, 0] == 0).all()
+
+
 def test_stride_hand_worked_example():
     # 10 stream tokens, L=4 with BOS -> W=3: [B t0 t1 t2] [B t3 t4 t5] [B t6 t7 t8], t9 dropped
     ids = np.arange(100, 110)

