@@ -37,8 +37,9 @@ from typing import Any
 from qscale.features import LandscapeSettings, get_feature, measured_features
 from qscale.registry import unknown_name_message
 
-#: Bumped when the collection loop changes what a run measures (keys of older runs then differ).
-COLLECT_VERSION = "1"
+#: Bumped when the collection loop changes what a run measures (keys of older runs then differ). 2 (2026-12-04):
+#: BOS follows the model's declared convention (scripts/rekey_runs.py re-keys a store).
+COLLECT_VERSION = "2"
 
 
 class SpecError(ValueError):

@@ -622,11 +622,15 @@ def flatten_row(row: Mapping[str, Any], detail: bool = False) -> dict[str, Any]:
     method = config.get("method") or {}
     out["method_params"] = json.dumps(method.get("params") or {}, sort_keys=True)
     calib = config.get("calibration") or {}
-    for k in ("corpus", "n_samples", "seq_len", "seed"):
+    for k in ("corpus", "n_samples", "seq_len", "seed", "add_bos"):
         out[f"calib_{k}"] = calib.get(k)
     ev = config.get("eval") or {}
-    for k in ("split", "protocol", "seq_len", "max_tokens"):  # eval_corpus is a core column
+    # eval_corpus is a core column; eval_add_bos is None unless the sweep forced the layout
+    for k in ("split", "protocol", "seq_len", "max_tokens", "add_bos"):
         out[f"eval_{k}"] = ev.get(k)
+    out["bos"] = metrics.get(
+        "bos"
+    )  # whether the windows started with BOS (None: a run from before it was kept)
     for k, v in (row.get("timings") or {}).items():
         out[f"time_{k}"] = _num(v)
     out["model_ref"] = row.get("model_ref")

@@ -120,7 +120,7 @@ def calibration_batch(
 ) -> Any:
     """A (n_samples, seq_len) LongTensor of calibration windows (module docstring).
 
-    Example: ``calibration_batch(tok, "enwiki_gensim", 4, 8, seed=1)`` with a BOS tokenizer gives 4
+    Example: ``calibration_batch(tok, "enwiki_gensim", 4, 8, seed=1)`` with a tokenizer that starts text with BOS (:func:`~qscale.corpora.windows.model_adds_bos`) gives 4
     rows ``[BOS, t_s, ..., t_{s+6}]`` for 4 random starts ``s`` in the train stream; the same call
     always returns the same tensor.
     """

@@ -551,7 +551,7 @@ def get_windows(
 
     Token streams are cached per (tokenizer identity, corpus, split), so building windows for a
     second protocol or sequence length costs only the cutting. ``add_bos=None`` prepends BOS when
-    the tokenizer has one.
+    the model's convention does (:func:`model_adds_bos`); True / False force it.
     """
     check_protocol(protocol)  # fail before the (slow) tokenization
     stream = corpus_stream(tokenizer, corpus, split, add_bos=add_bos)

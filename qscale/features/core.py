@@ -49,8 +49,8 @@ COSTS = ("free", "weights", "eval", "hvp", "given")
 TRANSFORMS = ("log", "none", "cat")
 #: What a feature's value may depend on besides the model and the format (``Feature.settings``).
 SETTINGS: dict[str, str] = {
-    "eval": "the evaluation windows: corpus, split, protocol, seq_len, max_tokens (ctx.eval)",
-    "calibration": "the calibration batch: corpus, n_samples, seq_len, seed (ctx.calib)",
+    "eval": "the evaluation windows: corpus, split, protocol, seq_len, max_tokens, add_bos (ctx.eval)",
+    "calibration": "the calibration batch: corpus, n_samples, seq_len, seed, add_bos (ctx.calib)",
     "landscape": "batch and sample sizes of the curvature features (LandscapeSettings, ctx.cache)",
 }
 

@@ -417,8 +417,8 @@ def _load_verified(d: Path) -> Law:
 
 #: The records ``feature_settings`` may hold, and the keys each may have.
 FEATURE_SETTING_KEYS = {
-    "eval": ("corpus", "split", "protocol", "seq_len", "max_tokens"),
-    "calibration": ("corpus", "n_samples", "seq_len", "seed"),
+    "eval": ("corpus", "split", "protocol", "seq_len", "max_tokens", "add_bos"),
+    "calibration": ("corpus", "n_samples", "seq_len", "seed", "add_bos"),
 }
 
 
@@ -444,6 +444,8 @@ def _check_feature_settings(settings: object, d: Path) -> None:
         for k, v in value.items():
             if k in ("corpus", "split", "protocol"):
                 ok = isinstance(v, str)
+            elif k == "add_bos":  # forced BOS layout, or null: the model's convention
+                ok = v is None or isinstance(v, bool)
             else:  # a count; max_tokens may be null (all windows)
                 ok = (isinstance(v, int) and not isinstance(v, bool)) or (k == "max_tokens" and v is None)
             if not ok:

@@ -459,7 +459,9 @@ def _compute(
             from qscale.corpora import calibration_batch
 
             c = settings.calibration
-            cache[key] = calibration_batch(lm.tokenizer, c["corpus"], c["n_samples"], c["seq_len"], c["seed"])
+            cache[key] = calibration_batch(
+                lm.tokenizer, c["corpus"], c["n_samples"], c["seq_len"], c["seed"], add_bos=c.get("add_bos")
+            )
         calib = cache[key]
 
     def measure(fmt_: Any, todo: list[str]) -> dict[str, float]:

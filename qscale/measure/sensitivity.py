@@ -420,13 +420,20 @@ def cached_profile(
         if prof.identity != lm.facts.identity:
             prof = None
     if prof is None:
-        calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+        calib = calibration_batch(
+            lm.tokenizer,
+            cal["corpus"],
+            cal["n_samples"],
+            cal["seq_len"],
+            cal["seed"],
+            add_bos=cal.get("add_bos"),
+        )
         prof = compute_profile(
             lm,
             calib,
             estimator=estimator,
             label_draws=label_draws,
-            settings={"calibration": cal},
+            settings={"calibration": cal, **({"bos": settings["bos"]} if "bos" in settings else {})},
             progress=progress,
         )
         computed = True

@@ -339,11 +339,13 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def _measure_plan(lm: Any, plan: dict[str, Any], ev: Any, cache: Path) -> dict[str, Any]:
     """The plan's measured KL on the demo's windows, exactly as ``qscale eval --plan`` does (cached by content)."""
     from qscale.corpora import get_windows
+    from qscale.corpora.windows import model_adds_bos
     from qscale.measure import evaluate_windows, reference_outputs
     from qscale.quantize import quantized
 
+    bos = ev.add_bos if ev.add_bos is not None else model_adds_bos(lm.tokenizer)
     key = hashlib.sha256(
-        json.dumps([lm.facts.identity, plan["layers"], ev.window_kwargs()], sort_keys=True).encode()
+        json.dumps([lm.facts.identity, plan["layers"], ev.window_kwargs(), bos], sort_keys=True).encode()
     ).hexdigest()
     if cache.is_file():
         try:

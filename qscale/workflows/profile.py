@@ -154,7 +154,9 @@ def profile_correlations(lm: Any, profile: Any) -> tuple[dict[str, Any], dict[st
     from qscale.measure.sensitivity import default_calibration
 
     cal = profile.settings.get("calibration") or default_calibration(lm)
-    calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    calib = calibration_batch(
+        lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"], add_bos=cal.get("add_bos")
+    )
     return input_correlations(lm.model, calib, exclude=profile.settings.get("exclude"))
 
 
@@ -195,7 +197,14 @@ def method_terms(
         cal = dict(calibration or METHOD_CALIBRATION)
         ctx = getattr(lm.model.config, "max_position_embeddings", None) or cal["seq_len"]
         cal["seq_len"] = int(min(cal["seq_len"], ctx))
-        calib = calibration_batch(lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"])
+        calib = calibration_batch(
+            lm.tokenizer,
+            cal["corpus"],
+            cal["n_samples"],
+            cal["seq_len"],
+            cal["seed"],
+            add_bos=cal.get("add_bos"),
+        )
     out = []
     for spec in specs:
         t = time.perf_counter()
@@ -363,7 +372,9 @@ def measured_runs(stores: Sequence[str | Path], method: str = "rtn", corpus: str
     """Every ok run of ``method`` in the stores: model, format, kld, dnll, timings (one row per model x format).
 
     Of a model's eval corpora, ``corpus`` is used where the model has runs on it (default: the profile's own
-    calibration corpus, whose test split the law is calibrated on), else the model's first."""
+    calibration corpus, whose test split the law is calibrated on), else the model's first. Runs whose sweep
+    forced the BOS layout (``eval.add_bos`` set, e.g. data/runs_panel.sqlite) are left out: a profile is
+    computed in the model's own convention, so it is compared with runs measured in it."""
     import pandas as pd
 
     from qscale.collect.store import RunStore
@@ -379,6 +390,8 @@ def measured_runs(stores: Sequence[str | Path], method: str = "rtn", corpus: str
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     df = df[df["method"] == method]
+    if "eval_add_bos" in df:
+        df = df[df["eval_add_bos"].isna()]
     chosen = df.groupby("model")["eval_corpus"].transform(
         lambda c: corpus if (c == corpus).any() else c.iloc[0]
     )

@@ -99,6 +99,11 @@ def test_unknown_and_unbuilt_panel_names(tmp_path):
         panel_mod.get_entry("smollm2-135")
     with pytest.raises(LoadError, match="qscale panel build smollm2-135m"):
         panel_mod.resolve_panel("smollm2-135m", root=tmp_path)
+    # a build from before the tokenizer's add_bos_token was kept: a one-line error naming the rebuild
+    (tmp_path / "smollm2-135m").mkdir()
+    (tmp_path / "smollm2-135m" / "qscale_panel.json").write_text('{"name": "smollm2-135m"}')
+    with pytest.raises(LoadError, match=r"built before .*add_bos_token.*`qscale panel build smollm2-135m`"):
+        panel_mod.resolve_panel("smollm2-135m", root=tmp_path)
 
 
 def test_degenerate_formats_flags_the_base_grid():
