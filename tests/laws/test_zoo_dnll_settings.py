@@ -68,6 +68,15 @@ def test_bad_feature_settings_are_refused_by_name(tmp_path):
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(LawError, match="feature_settings.eval.seq_len has an invalid value '64'"):
         load_law("zoo-dnll", tmp_path)
+    # a forced BOS layout is a setting (true / false / null); anything else is refused
+    manifest["feature_settings"]["eval"]["seq_len"] = 64
+    manifest["feature_settings"]["eval"]["add_bos"] = True
+    mpath.write_text(json.dumps(manifest))
+    assert load_law("zoo-dnll", tmp_path).feature_settings["eval"]["add_bos"] is True
+    manifest["feature_settings"]["eval"]["add_bos"] = "yes"
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(LawError, match="feature_settings.eval.add_bos has an invalid value 'yes'"):
+        load_law("zoo-dnll", tmp_path)
 
 
 @pytest.fixture(scope="module")
