@@ -42,7 +42,7 @@ def test_defaults_resolve_through_the_helper(monkeypatch, tmp_path):
     assert data_dir() == tmp_path / "data" / "corpora"
     runs = build.DEFAULT_RUNS  # the module attribute, resolved when asked for
     assert runs == tmp_path / "data" / "runs.sqlite"
-    assert build.default_input("DEFAULT_PANEL") == tmp_path / "data" / "runs_panel.sqlite"
+    assert build.default_input("DEFAULT_PANEL") == tmp_path / "data" / "runs_panel_native.sqlite"
 
 
 def test_cli_default_store_from_an_installed_package(monkeypatch, capsys):

@@ -45,7 +45,7 @@ SCORE_COLS = ("estimator", "scheme", "n", "mae", "rmse", "r2", "spearman", "cove
 #: predictions per (model identity, format), written by ``qscale profile validate``; read here.
 _DEFAULTS = {
     "DEFAULT_RUNS": ("data/runs.sqlite", "--runs"),
-    "DEFAULT_PANEL": ("data/runs_panel.sqlite", "--panel-runs"),
+    "DEFAULT_PANEL": ("data/runs_panel_native.sqlite", "--panel-runs"),
     "DEFAULT_PROFILE_CACHE": ("data/profile_raw.json", "--profile-cache"),
 }
 

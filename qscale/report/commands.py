@@ -1,7 +1,7 @@
 """CLI: ``qscale report``.
 
 With no options it rebuilds the committed reports/laws.md from the committed inputs it was built from
-(data/runs.sqlite, data/runs_panel.sqlite with data/profile_raw.json, the public results, models/); the inputs
+(data/runs.sqlite, data/runs_panel_native.sqlite with data/profile_raw.json, the public results, models/); the inputs
 are only read.
 """
 
@@ -24,7 +24,7 @@ def report_cmd(
     panel_runs: Path | None = typer.Option(
         None,
         "--panel-runs",
-        help="Real-panel run store for the profile-law section (default: data/runs_panel.sqlite).",
+        help="Real-panel run store for the profile-law section (default: data/runs_panel_native.sqlite).",
     ),
     panel: bool = typer.Option(
         True, "--panel/--no-panel", help="Include the real-panel profile-law section."

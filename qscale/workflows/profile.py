@@ -552,7 +552,7 @@ def _write_report(df: Any, scores: Any, chosen: dict, out: Path, alpha: float) -
     lines = [
         "# The profile law: predicted vs measured KL on models the calibration did not see",
         "",
-        "Regenerate: `qscale profile validate --store data/runs_panel.sqlite --store data/runs.sqlite --ship`.",
+        "Regenerate: `qscale profile validate --store data/runs_panel_native.sqlite --store data/runs.sqlite --ship`.",
         "`raw` is the profile's uncalibrated second-order prediction 1/(2N) sum F_ij dW_ij^2 (diagonal Fisher from",
         "2,048 calibration tokens of the enwiki train split with labels sampled from the model, RTN weight errors;",
         "no quantized evaluation). `probe` yes: the line reads raw x the model's noise-probe factor instead of raw",

@@ -73,7 +73,7 @@ def test_readme_report_command_rebuilds_committed_sections(tmp_path):
 def _panel_rtn_export() -> pd.DataFrame:
     """The finished RTN runs on enwiki (the profile law's corpus) of the committed flat export of the panel store
     (an independent reference)."""
-    export = pd.read_parquet(ROOT / "data" / "runs" / "panel_rtn.parquet")
+    export = pd.read_parquet(ROOT / "data" / "runs" / "panel_native.parquet")
     keep = (
         (export["status"] == "ok") & (export["method"] == "rtn") & (export["eval_corpus"] == "enwiki_gensim")
     )
@@ -130,7 +130,7 @@ def test_panel_section_states_why_runs_are_left_out(tmp_path):
         out=tmp_path / "r", public=False, panel=DEFAULT_PANEL, profile_cache=tmp_path / "none.json"
     )
     text = path.read_text()
-    assert "## Real panel: profile-law prediction vs measured KL (`data/runs_panel.sqlite`)" in text
+    assert "## Real panel: profile-law prediction vs measured KL (`data/runs_panel_native.sqlite`)" in text
     assert "Skipped: no cached raw profile predictions at " in text
     assert not (tmp_path / "r" / "pred_vs_measured_panel.png").exists()
 
