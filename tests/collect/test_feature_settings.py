@@ -168,3 +168,17 @@ def test_the_panel_store_records_the_bos_it_was_measured_with_and_its_sweeps_fin
         default |= {run.key(by_ref[run.model]) for run in plan(native) if run.model in by_ref}
     keys = {r["run_key"] for r in rows}
     assert keys <= planned and not keys & default
+
+
+def test_the_native_panel_store_was_measured_without_bos_and_its_sweeps_find_every_run():
+    """data/runs_panel_native.sqlite (what the profile law is fitted on) was measured in the models' own layout:
+    no BOS (the panel's GGUFs declare add_bos_token false), nothing forced, every run found by its sweeps."""
+    with RunStore(REPO / "data" / "runs_panel_native.sqlite", readonly=True) as st:
+        rows = st.rows("ok")
+    assert len(rows) == 42 and all(r["metrics"]["bos"] is False for r in rows)
+    assert all("add_bos" not in r["config"]["eval"] for r in rows)
+    by_ref = {r["model_ref"]: r["model_identity"] for r in rows}
+    planned: set[str] = set()
+    for f in ("panel_native_core.yaml", "panel_native_core_qwen15.yaml"):
+        planned |= {run.key(by_ref[run.model]) for run in plan(load_spec(REPO / "data" / "sweeps" / f))}
+    assert {r["run_key"] for r in rows} == planned
