@@ -137,7 +137,8 @@ def collect_model(
     import torch
 
     from qscale.collect.provenance import provenance as _prov
-    from qscale.corpora import calibration_batch, get_windows
+    from qscale.corpora import get_windows
+    from qscale.corpora.calibration import calibration_from_record
     from qscale.features import FORMAT_LEVELS, float_eval_key, get_feature
     from qscale.features import compute_features as _features
     from qscale.formats import get_format
@@ -235,9 +236,7 @@ def collect_model(
 
     def calib_for(spec: CalibrationSpec) -> Any:
         if spec not in calib_cache:
-            calib_cache[spec] = calibration_batch(
-                lm.tokenizer, spec.corpus, spec.n_samples, spec.seq_len, spec.seed, add_bos=spec.add_bos
-            )
+            calib_cache[spec] = calibration_from_record(lm.tokenizer, spec.to_dict())
         return calib_cache[spec]
 
     def fmt_state(spec: str, ev: EvalSpec) -> tuple[Any, dict[str, float], float]:

@@ -34,7 +34,13 @@ SYNTHETIC_CALIBRATION: tuple[str, ...] = ("random_tokens", "random_punct")
 CALIBRATION_SPLIT = "train"
 _PUNCT = string.punctuation
 
-__all__ = ["CALIBRATION_SPLIT", "SYNTHETIC_CALIBRATION", "calibration_batch", "calibration_corpora"]
+__all__ = [
+    "CALIBRATION_SPLIT",
+    "SYNTHETIC_CALIBRATION",
+    "calibration_batch",
+    "calibration_corpora",
+    "calibration_from_record",
+]
 
 
 def calibration_corpora() -> list[str]:
@@ -120,9 +126,9 @@ def calibration_batch(
 ) -> Any:
     """A (n_samples, seq_len) LongTensor of calibration windows (module docstring).
 
-    Example: ``calibration_batch(tok, "enwiki_gensim", 4, 8, seed=1)`` with a tokenizer that starts text with BOS (:func:`~qscale.corpora.windows.model_adds_bos`) gives 4
-    rows ``[BOS, t_s, ..., t_{s+6}]`` for 4 random starts ``s`` in the train stream; the same call
-    always returns the same tensor.
+    Example: ``calibration_batch(tok, "enwiki_gensim", 4, 8, seed=1)`` with a tokenizer that starts text
+    with BOS (:func:`~qscale.corpora.windows.model_adds_bos`) gives 4 rows ``[BOS, t_s, ..., t_{s+6}]`` for
+    4 random starts ``s`` in the train stream; the same call always returns the same tensor.
     """
     import torch
 
@@ -151,3 +157,16 @@ def calibration_batch(
     if bos is not None:
         rows = np.concatenate([np.full((n_samples, 1), bos, dtype=np.int64), rows], axis=1)
     return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+
+
+def calibration_from_record(tokenizer: Any, record: Any) -> Any:
+    """The batch a calibration record names: a mapping with corpus, n_samples, seq_len, seed and optionally
+    add_bos (``CalibrationSpec.to_dict()``, a profile's or a law's recorded calibration)."""
+    return calibration_batch(
+        tokenizer,
+        record["corpus"],
+        record["n_samples"],
+        record["seq_len"],
+        record["seed"],
+        add_bos=record.get("add_bos"),
+    )

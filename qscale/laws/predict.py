@@ -456,12 +456,9 @@ def _compute(
     if settings.calibration is not None and (model_todo or format_todo):
         key = "predict:calibration"
         if key not in cache:
-            from qscale.corpora import calibration_batch
+            from qscale.corpora.calibration import calibration_from_record
 
-            c = settings.calibration
-            cache[key] = calibration_batch(
-                lm.tokenizer, c["corpus"], c["n_samples"], c["seq_len"], c["seed"], add_bos=c.get("add_bos")
-            )
+            cache[key] = calibration_from_record(lm.tokenizer, settings.calibration)
         calib = cache[key]
 
     def measure(fmt_: Any, todo: list[str]) -> dict[str, float]:

@@ -407,7 +407,7 @@ def cached_profile(
     saved again (the Fisher diagonal itself is not recomputed). Returns ``(profile, path, computed)``; ``computed``
     is True when the Fisher pass or the probe ran.
     """
-    from qscale.corpora import calibration_batch
+    from qscale.corpora.calibration import calibration_from_record
 
     path, settings, _ = profile_path(
         lm, calibration=calibration, estimator=estimator, label_draws=label_draws, cache_dir=cache_dir
@@ -420,14 +420,7 @@ def cached_profile(
         if prof.identity != lm.facts.identity:
             prof = None
     if prof is None:
-        calib = calibration_batch(
-            lm.tokenizer,
-            cal["corpus"],
-            cal["n_samples"],
-            cal["seq_len"],
-            cal["seed"],
-            add_bos=cal.get("add_bos"),
-        )
+        calib = calibration_from_record(lm.tokenizer, cal)
         prof = compute_profile(
             lm,
             calib,

@@ -149,14 +149,12 @@ METHOD_CALIBRATION = {"corpus": "enwiki_gensim", "n_samples": 32, "seq_len": 512
 def profile_correlations(lm: Any, profile: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Input correlation matrices of the profiled layers, from forward passes over the profile's own
     calibration tokens (:mod:`qscale.measure.kron`)."""
-    from qscale.corpora import calibration_batch
+    from qscale.corpora.calibration import calibration_from_record
     from qscale.measure.kron import input_correlations
     from qscale.measure.sensitivity import default_calibration
 
     cal = profile.settings.get("calibration") or default_calibration(lm)
-    calib = calibration_batch(
-        lm.tokenizer, cal["corpus"], cal["n_samples"], cal["seq_len"], cal["seed"], add_bos=cal.get("add_bos")
-    )
+    calib = calibration_from_record(lm.tokenizer, cal)
     return input_correlations(lm.model, calib, exclude=profile.settings.get("exclude"))
 
 
@@ -192,19 +190,12 @@ def method_terms(
     calib = None
     m = get_method(method)
     if m.calibration_needed(params or {}):
-        from qscale.corpora import calibration_batch
+        from qscale.corpora.calibration import calibration_from_record
 
         cal = dict(calibration or METHOD_CALIBRATION)
         ctx = getattr(lm.model.config, "max_position_embeddings", None) or cal["seq_len"]
         cal["seq_len"] = int(min(cal["seq_len"], ctx))
-        calib = calibration_batch(
-            lm.tokenizer,
-            cal["corpus"],
-            cal["n_samples"],
-            cal["seq_len"],
-            cal["seed"],
-            add_bos=cal.get("add_bos"),
-        )
+        calib = calibration_from_record(lm.tokenizer, cal)
     out = []
     for spec in specs:
         t = time.perf_counter()
