@@ -379,9 +379,8 @@ def profile_path(
 
     cal = calibration or default_calibration(lm)
     settings = {"calibration": cal, "estimator": estimator, "label_draws": label_draws}
-    if not model_adds_bos(
-        lm.tokenizer
-    ):  # rows without BOS (a key of its own; the profiles of before had BOS)
+    # rows without BOS get a key of their own (the profiles of before had BOS)
+    if not model_adds_bos(lm.tokenizer):
         settings["bos"] = False
     key = profile_settings_key({"identity": lm.facts.identity, **settings})
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lm.facts.identity)[:60]
@@ -426,7 +425,7 @@ def cached_profile(
             calib,
             estimator=estimator,
             label_draws=label_draws,
-            settings={"calibration": cal, **({"bos": settings["bos"]} if "bos" in settings else {})},
+            settings={k: v for k, v in settings.items() if k in ("calibration", "bos")},
             progress=progress,
         )
         computed = True
